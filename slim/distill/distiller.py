@@ -1,0 +1,272 @@
+"""The distiller: a trainable student, a frozen teacher, and named loss terms between their tensors.
+
+    distiller = Distiller(student, teacher, prepare_distill_config(), StudentAdaptor, TeacherAdaptor)
+    distiller.build(images)                      # materialises connectors whose channels are inferred
+    optimizer = paddle.optimizer.Momentum(parameters=distiller.parameters(), ...)
+    out = distiller(images, label=labels)        # out.student_out, out.teacher_out, out.losses, out.loss
+    (task_loss(out.student_out, labels) + out.loss).backward()
+
+The teacher is put in eval mode, its parameters get `stop_gradient=True` and it runs under
+`paddle.no_grad()`: it receives no gradient and keeps no activations for backward. The student may be
+wrapped in `paddle.DataParallel`; connectors are then synchronised the same way.
+"""
+from collections import OrderedDict
+
+import paddle
+
+from .adaptor import AdaptorBase, FeatureRecorder, LayerRef, find_sublayer, unwrap
+from .connectors import ConnectorSet, build_connector, connector_key, match_spatial
+from .errors import ConfigError, LayerNotFoundError, NonFiniteLossError, ShapeMismatchError
+from .losses import build_loss
+from .pairs import AdaptorKey, parse_pairs
+
+
+class DistillOutput:
+    """What one distiller call returns."""
+
+    def __init__(self, student_out, teacher_out, losses, loss, student_features, teacher_features):
+        self.student_out = student_out
+        self.teacher_out = teacher_out
+        self.losses = losses  # OrderedDict: pair name -> weighted 0-D tensor
+        self.loss = loss  # their sum (0-D tensor; 0.0 when there is no pair)
+        self.student_features = student_features  # pair name -> tensors the loss compared
+        self.teacher_features = teacher_features
+
+
+def freeze_teacher(teacher):
+    teacher.eval()
+    for param in teacher.parameters():
+        param.stop_gradient = True
+    return teacher
+
+
+def _make_adaptor(adaptor, model):
+    if adaptor is None or isinstance(adaptor, AdaptorBase):
+        return adaptor
+    if isinstance(adaptor, type) and issubclass(adaptor, AdaptorBase):
+        return adaptor(unwrap(model))
+    raise ConfigError(f"An adaptor must be an AdaptorBase subclass or instance, got {adaptor!r}")
+
+
+def _has_sublayer(model, name):
+    try:
+        find_sublayer(model, name)
+        return True
+    except LayerNotFoundError:
+        return False
+
+
+def _resolve(source, adaptor, layer_map, model):
+    """A pair's source -> a LayerRef to hook, or an AdaptorKey for a tensor stored during forward."""
+    if isinstance(source, LayerRef):
+        return source
+    key = source.key if isinstance(source, AdaptorKey) else source
+    if adaptor is not None and key in layer_map:
+        return layer_map[key]
+    if isinstance(source, AdaptorKey):
+        if adaptor is None:
+            raise ConfigError(f"Feature {key!r} comes from an adaptor's mapping_layers(), but no adaptor was "
+                              f"given; pass StudentAdaptor and TeacherAdaptor to Distiller.")
+        return source
+    if adaptor is not None and not _has_sublayer(model, key) and not key.startswith("$"):
+        try:
+            return AdaptorKey(key)
+        except ConfigError:
+            pass
+    return LayerRef(key)
+
+
+class _Side:
+    """Student or teacher: the model, its adaptor, and the hooks that capture its tensors."""
+
+    def __init__(self, role, model, adaptor, sources):
+        self.role, self.model = role, model
+        self.adaptor = _make_adaptor(adaptor, model)
+        layer_map = self.adaptor.layer_mapping() if self.adaptor is not None else {}
+        self.resolved = {id(s): _resolve(s, self.adaptor, layer_map, model) for s in sources}
+        refs = [r for r in self.resolved.values() if isinstance(r, LayerRef)]
+        self.needs_stored_tensors = any(isinstance(r, AdaptorKey) for r in self.resolved.values())
+        self.recorder = FeatureRecorder(model, refs)
+        self.stored = {}
+
+    def forward(self, inputs, kwargs):
+        self.recorder.clear()
+        output = self.model(*inputs, **kwargs)
+        self.stored = self.adaptor.stored_tensors() if self.needs_stored_tensors else {}
+        self.output = output
+        return output
+
+    def feature(self, source):
+        ref = self.resolved[id(source)]
+        if isinstance(ref, LayerRef):
+            return self.recorder.get(ref, self.output)
+        if ref.key not in self.stored:
+            name = type(self.adaptor).__name__
+            raise ConfigError(
+                f"{name}.mapping_layers() has no entry {ref.key!r} for the {self.role}: it is neither a "
+                f"sublayer name (before forward) nor a tensor added under `if self.add_tensor:` "
+                f"(after forward; found {sorted(self.stored) or 'none'}).")
+        return self.stored[ref.key]
+
+
+class Distiller:
+    """Student + frozen teacher + distillation pairs -> named, weighted loss terms.
+
+    `distill_config` is any spelling `parse_pairs` accepts: the yaml `distill:` list, the tutorial's
+    `prepare_distill_config()` list (with the adaptors), a PaddleSlim `DistillConfig` list, or a path.
+    """
+
+    def __init__(self, student, teacher, distill_config, StudentAdaptor=None, TeacherAdaptor=None,
+                 check_finite=True):
+        self.student = student
+        self.teacher = freeze_teacher(teacher)
+        self.pairs = parse_pairs(distill_config)
+        self.loss_fns = [build_loss(p.loss) for p in self.pairs]
+        for pair, loss_fn in zip(self.pairs, self.loss_fns):
+            arity = getattr(loss_fn, "pair_arity", 1)
+            if len(pair.student) != arity or len(pair.teacher) != arity:
+                raise ConfigError(f"{pair.describe()}: {pair.loss['type']} compares {arity} tensor(s) per side, "
+                                  f"got {len(pair.student)} student and {len(pair.teacher)} teacher.")
+        self._student = _Side("student", student, StudentAdaptor,
+                              [s for p in self.pairs for s in p.student])
+        self._teacher = _Side("teacher", self.teacher, TeacherAdaptor,
+                              [s for p in self.pairs for s in p.teacher])
+        self.connectors = ConnectorSet()
+        self._connector_runner = self.connectors
+        self._needs_build = any(p.align and p.align["type"] != "resize" for p in self.pairs)
+        self.check_finite = check_finite
+
+    # ----- parameters and state -------------------------------------------------------------------
+    def parameters(self):
+        """Everything the optimizer trains: the student's parameters and the connectors'."""
+        if self._needs_build:
+            raise ConfigError("Connectors infer their channels from the first batch: call "
+                              "distiller.build(example_inputs) before creating the optimizer, or give "
+                              "in_channels and out_channels in each `align`.")
+        return list(self.student.parameters()) + list(self.connectors.parameters())
+
+    def connector_state_dict(self):
+        return self.connectors.state_dict()
+
+    def set_connector_state_dict(self, state):
+        if self._needs_build and state:
+            raise ConfigError("Call distiller.build(example_inputs) before loading connector weights.")
+        missing, unexpected = self.connectors.set_state_dict(state)
+        if missing or unexpected:
+            raise ConfigError(f"Connector weights do not match this distill config (missing {missing}, "
+                              f"unexpected {unexpected}); the checkpoint was made with other pairs.")
+
+    def train(self):
+        self.student.train()
+        self.connectors.train()
+        self.teacher.eval()
+
+    def eval(self):
+        self.student.eval()
+        self.connectors.eval()
+
+    def build(self, *inputs, teacher_inputs=None, **kwargs):
+        """Run one forward without gradients or BN updates to create connectors of inferred width."""
+        if not self._needs_build:
+            return self
+        training = self.student.training
+        self.student.eval()
+        try:
+            with paddle.no_grad():
+                self(*inputs, teacher_inputs=teacher_inputs, _check=False, **kwargs)
+        finally:
+            if training:
+                self.student.train()
+        return self
+
+    def close(self):
+        """Remove every hook this distiller put on the student and the teacher."""
+        self._student.recorder.remove()
+        self._teacher.recorder.remove()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ----- the step ---------------------------------------------------------------------------------
+    def __call__(self, *inputs, label=None, teacher_inputs=None, _check=True, **kwargs):
+        student_out = self._student.forward(inputs, kwargs)
+        with paddle.no_grad():
+            teacher_out = self._teacher.forward(inputs if teacher_inputs is None else teacher_inputs, kwargs)
+        s_feats = {p.name: [self._student.feature(s) for s in p.student] for p in self.pairs}
+        t_feats = {p.name: [self._teacher.feature(s) for s in p.teacher] for p in self.pairs}
+        self._apply_connectors(s_feats, t_feats)
+        losses = OrderedDict()
+        for pair, loss_fn in zip(self.pairs, self.loss_fns):
+            s, t = self._align_spatial(pair, loss_fn, s_feats[pair.name], t_feats[pair.name])
+            s_feats[pair.name], t_feats[pair.name] = s, t
+            if getattr(loss_fn, "pair_arity", 1) == 1:
+                s, t = s[0], t[0]
+            extra = {"label": label} if getattr(loss_fn, "uses_label", False) else {}
+            losses[pair.name] = pair.weight * loss_fn(s, t, **extra)
+        total = paddle.add_n(list(losses.values())) if losses else paddle.zeros([])
+        out = DistillOutput(student_out, teacher_out, losses, total, s_feats, t_feats)
+        if _check and self.check_finite and losses and not bool(paddle.isfinite(total)):
+            raise NonFiniteLossError(self._explain_non_finite(out))
+        return out
+
+    def _apply_connectors(self, s_feats, t_feats):
+        todo = {}
+        for index, pair in enumerate(self.pairs):
+            if not pair.align or pair.align["type"] == "resize":
+                continue
+            for j, (s, t) in enumerate(zip(s_feats[pair.name], t_feats[pair.name])):
+                key = f"{connector_key(index)}_{j}"
+                if key not in self.connectors:
+                    self.connectors.add(key, build_connector(pair.align, s, t, pair))
+                todo[key] = (pair.name, j, s)
+        if self._needs_build:
+            self._needs_build = False
+            if paddle.distributed.get_world_size() > 1 and todo:
+                self._connector_runner = paddle.DataParallel(self.connectors)
+        if todo:
+            mapped = self._connector_runner({k: v[2] for k, v in todo.items()})
+            for key, (name, j, _) in todo.items():
+                s_feats[name][j] = mapped[key]
+
+    def _align_spatial(self, pair, loss_fn, students, teachers):
+        students, teachers = list(students), list(teachers)
+        for j, (s, t) in enumerate(zip(students, teachers)):
+            students[j], teachers[j] = match_spatial(s, t, pair.align)
+            if getattr(loss_fn, "same_shape", True):
+                self._check_shapes(pair, students[j], teachers[j])
+        return students, teachers
+
+    @staticmethod
+    def _check_shapes(pair, s, t):
+        if list(s.shape) == list(t.shape):
+            return
+        fixes = []
+        if s.ndim == t.ndim and s.ndim >= 2 and s.shape[1] != t.shape[1]:
+            fixes.append("add `align: {type: 1x1conv}` (a trainable connector from student to teacher channels)"
+                         if s.ndim == 4 else "add `align: {type: linear}` (a trainable projection)")
+        if s.ndim == t.ndim == 4 and s.shape[2:] != t.shape[2:]:
+            fixes.append("add `align: {resize: student}` (or teacher) to resize one side bilinearly")
+        fix = "; ".join(fixes) or "pick tensors of equal shape"
+        raise ShapeMismatchError(
+            f"{pair.describe()}: student shape {list(s.shape)} and teacher shape {list(t.shape)} differ. "
+            f"To fix it, {fix}.")
+
+    def _explain_non_finite(self, out):
+        for pair in self.pairs:
+            term = out.losses[pair.name]
+            if bool(paddle.isfinite(term)):
+                continue
+            value = float(term)
+            for side, feats in (("student", out.student_features), ("teacher", out.teacher_features)):
+                bad = [j for j, f in enumerate(feats[pair.name]) if not bool(paddle.isfinite(f).all())]
+                if bad:
+                    return (f"Distillation loss of {pair.describe()} is {value}: the {side} tensor contains "
+                            f"NaN or Inf values, so the {side} model itself diverged or got bad input. Lower "
+                            f"the learning rate, check the data, or resume from the last good checkpoint.")
+            return (f"Distillation loss of {pair.describe()} is {value} although both inputs are finite: the "
+                    f"loss overflowed. Lower its weight or temperature, or add a connector with BN "
+                    f"(`align: {{type: 1x1conv, bn: true}}`) to bring the scales together.")
+        return "The distillation loss is not finite."
