@@ -123,8 +123,9 @@ def make_step(variant, args, seed=0):
     opt = paddle.optimizer.SGD(learning_rate=1e-3, parameters=distill.parameters())
 
     def step():
+        # With one teacher PaddleSlim flattens its output list: t_out is the logits tensor itself.
         d_loss, s_out, t_out = distill(x)
-        loss = ce(s_out[0]) + d_loss + KL_WEIGHT * kl(s_out[0], t_out[0], label=y)
+        loss = ce(s_out[0]) + d_loss + KL_WEIGHT * kl(s_out[0], t_out, label=y)
         loss.backward()
         opt.step()
         opt.clear_grad()
@@ -135,13 +136,23 @@ def measure_memory(variant, args):
     step = make_step(variant, args)
     for _ in range(args.warmup + args.mem_steps):
         step()
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"variant": variant, "peak_rss_mb": peak_kb / 1024.0}))
+    print(json.dumps({"variant": variant, "peak_rss_mb": peak_rss_mb()}))
+
+
+def peak_rss_mb():
+    """VmHWM of this process. (ru_maxrss survives exec, so a child forked from a big parent would
+    report the parent's size; VmHWM belongs to the new address space.)"""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def measure_time(args):
     steps = {v: make_step(v, args) for v in VARIANTS}
     times = {v: [] for v in VARIANTS}
+    last = {}
     for i in range(args.warmup + args.steps):
         for v in VARIANTS:
             t0 = time.perf_counter()
@@ -149,9 +160,10 @@ def measure_time(args):
             elapsed = time.perf_counter() - t0
             if i >= args.warmup:
                 times[v].append(elapsed)
-        print(f"  round {i + 1}/{args.warmup + args.steps}: "
-              + ", ".join(f"{v} {times[v][-1] if times[v] else elapsed:.2f}s" for v in VARIANTS),
-              file=sys.stderr, flush=True)
+            last[v] = elapsed
+        print(f"  round {i + 1}/{args.warmup + args.steps}"
+              f"{' (warm-up)' if i < args.warmup else ''}: "
+              + ", ".join(f"{v} {last[v]:.2f}s" for v in VARIANTS), file=sys.stderr, flush=True)
     return {v: statistics.median(t) for v, t in times.items()}, {v: t for v, t in times.items()}
 
 
@@ -211,10 +223,11 @@ def main():
     if args.memory:
         measure_memory(args.memory, args)
         return
-    print("timing (interleaved)...", file=sys.stderr, flush=True)
-    med, raw = measure_time(args)
+    # Memory first, while this process is still small (children start from a fork of it).
     print("peak memory (one process per variant)...", file=sys.stderr, flush=True)
     peaks = run_memory_processes(args)
+    print("timing (interleaved)...", file=sys.stderr, flush=True)
+    med, raw = measure_time(args)
     print(table(med, peaks, args))
     if args.json:
         with open(args.json, "w") as f:

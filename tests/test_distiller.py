@@ -147,6 +147,19 @@ def test_connector_infers_channels_trains_and_stays_out_of_student_state():
     assert any(not np.allclose(before[k], after[k].numpy()) for k in before)
 
 
+def test_connector_with_given_channels_needs_no_build_and_checks_them():
+    student, teacher = TwoStage(4), TwoStage(8)
+    pairs = [{"student": "stage1", "teacher": "stage1", "loss": "L2Loss",
+              "align": {"type": "1x1conv", "in_channels": 8, "out_channels": 16}}]
+    distiller = Distiller(student, teacher, pairs)
+    assert len(distiller.parameters()) == len(list(student.parameters())) + 2  # no build() needed
+    out = distiller(paddle.randn([2, 3, 16, 16]))
+    assert out.student_features[list(out.losses)[0]][0].shape[1] == 16
+    wrong = [dict(pairs[0], align={"type": "1x1conv", "in_channels": 6, "out_channels": 16})]
+    with pytest.raises(ShapeMismatchError, match=r"expects 6 student channels.*\[2, 8, 8, 8\].*in_channels"):
+        Distiller(TwoStage(4), TwoStage(8), wrong)(paddle.randn([2, 3, 16, 16]))
+
+
 def test_build_does_not_update_student_batchnorm_statistics():
     student, teacher = TwoStage(4), TwoStage(8)
     distiller = Distiller(student, teacher, [{"student": "stage1", "teacher": "stage1", "loss": "l2",

@@ -267,6 +267,16 @@ def test_kl_known_values():
     np.testing.assert_allclose(float(build_loss({"type": "KLLoss", "temperature": 2})(s, t)), at_t2, rtol=1e-12)
 
 
+def test_kl_exact_for_confident_float32_logits():
+    # p_t = (1, ~0), student sure of the other class: KL = log p_t - log p_s = 100 (to 1e-40).
+    # (Paddle's CPU F.log_softmax clips at -64 and would give 64.)
+    s = paddle.to_tensor([[0.0, 100.0]], dtype="float32")
+    t = paddle.to_tensor([[100.0, 0.0]], dtype="float32")
+    np.testing.assert_allclose(float(build_loss("KLLoss")(s, t)), 100.0, rtol=1e-5)
+    cwd = build_loss("cwd")(s.reshape([1, 1, 2]), t.reshape([1, 1, 2]))
+    np.testing.assert_allclose(float(cwd), 100.0, rtol=1e-5)
+
+
 def test_all_positions_ignored_gives_zero_with_a_graph():
     r = rng(5)
     s = f64(r.randn(1, 3, 2, 2))

@@ -18,7 +18,7 @@ from .errors import ShapeMismatchError
 class Connector(nn.Layer):
     def __init__(self, kind, in_channels, out_channels, bn=False):
         super().__init__()
-        self.kind = kind
+        self.kind, self.in_channels, self.out_channels = kind, in_channels, out_channels
         if kind == "linear":
             self.proj = nn.Linear(in_channels, out_channels)
             self.norm = nn.BatchNorm1D(out_channels) if bn else None
@@ -26,6 +26,14 @@ class Connector(nn.Layer):
             kernel = 1 if kind == "1x1conv" else 3
             self.proj = nn.Conv2D(in_channels, out_channels, kernel, padding=kernel // 2)
             self.norm = nn.BatchNorm2D(out_channels) if bn else None
+
+    def check_input(self, x, pair):
+        channels = x.shape[-1] if self.kind == "linear" else (x.shape[1] if x.ndim == 4 else None)
+        if channels != self.in_channels:
+            raise ShapeMismatchError(
+                f"{pair.describe()}: the {self.kind} connector expects {self.in_channels} student channels "
+                f"but the student tensor has shape {list(x.shape)}. Fix `align.in_channels` (or leave it "
+                f"out to infer it from the first batch).")
 
     def forward(self, x):
         x = self.proj(x)
@@ -38,6 +46,8 @@ class Connector(nn.Layer):
 
 def connector_channels(kind, student, teacher, align, pair):
     """(in_channels, out_channels) from the align config, else from the tensors."""
+    if align.get("in_channels") and align.get("out_channels"):
+        return align["in_channels"], align["out_channels"]
     if kind == "linear":
         in_c, out_c = student.shape[-1], teacher.shape[-1]
     else:

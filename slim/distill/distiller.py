@@ -133,7 +133,18 @@ class Distiller:
                               [s for p in self.pairs for s in p.teacher])
         self.connectors = ConnectorSet()
         self._connector_runner = self.connectors
-        self._needs_build = any(p.align and p.align["type"] != "resize" for p in self.pairs)
+        self._needs_build = False
+        for index, pair in enumerate(self.pairs):
+            if not pair.align or pair.align["type"] == "resize":
+                continue
+            if pair.align.get("in_channels") and pair.align.get("out_channels"):
+                for j in range(len(pair.student)):  # channels given: no example batch needed
+                    self.connectors.add(f"{connector_key(index)}_{j}",
+                                        build_connector(pair.align, None, None, pair))
+            else:
+                self._needs_build = True
+        if not self._needs_build:
+            self._wrap_connectors_for_data_parallel()
         self.check_finite = check_finite
 
     # ----- parameters and state -------------------------------------------------------------------
@@ -221,15 +232,20 @@ class Distiller:
                 key = f"{connector_key(index)}_{j}"
                 if key not in self.connectors:
                     self.connectors.add(key, build_connector(pair.align, s, t, pair))
+                self.connectors.layers[key].check_input(s, pair)
                 todo[key] = (pair.name, j, s)
         if self._needs_build:
             self._needs_build = False
-            if paddle.distributed.get_world_size() > 1 and todo:
-                self._connector_runner = paddle.DataParallel(self.connectors)
+            self._wrap_connectors_for_data_parallel()
         if todo:
             mapped = self._connector_runner({k: v[2] for k, v in todo.items()})
             for key, (name, j, _) in todo.items():
                 s_feats[name][j] = mapped[key]
+
+    def _wrap_connectors_for_data_parallel(self):
+        """Under several processes, gradients of the connectors are averaged like the student's."""
+        if paddle.distributed.get_world_size() > 1 and len(self.connectors.parameters()) > 0:
+            self._connector_runner = paddle.DataParallel(self.connectors)
 
     def _align_spatial(self, pair, loss_fn, students, teachers):
         students, teachers = list(students), list(teachers)

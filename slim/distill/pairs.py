@@ -314,3 +314,22 @@ def parse_pairs(config):
     if entries and all(isinstance(e, dict) and "feature_type" in e for e in entries):
         return _tutorial_pairs(entries, taken)
     return _yaml_pairs(entries, taken)
+
+
+def logit_pairs(distill_loss, logits_ref):
+    """PaddleSeg's `distill_loss: {types: [{type: KLLoss, ...}], coef: [3]}` as pairs on the logits."""
+    if not distill_loss:
+        return []
+    if not isinstance(distill_loss, dict) or "types" not in distill_loss:
+        raise ConfigError(f"`distill_loss` must look like {{types: [{{type: KLLoss}}], coef: [3]}}, got "
+                          f"{distill_loss!r}")
+    types = list(distill_loss["types"])
+    coef = list(distill_loss.get("coef", [1.0] * len(types)))
+    if len(coef) != len(types):
+        raise ConfigError(f"distill_loss: {len(types)} types but {len(coef)} coef values; give one coef per type.")
+    taken, pairs = set(), []
+    for loss, weight in zip(types, coef):
+        cfg = _loss_cfg(loss, None, "distill_loss")
+        name = _unique(f"distill_{cfg['type']}", taken)
+        pairs.append(Pair(name, [logits_ref], [logits_ref], cfg, weight))
+    return pairs

@@ -1,9 +1,8 @@
 """Channel-wise distillation (Shu et al., ICCV 2021)."""
 import paddle.nn as nn
-import paddle.nn.functional as F
 
 from ..errors import ShapeMismatchError
-from ._utils import kl_rows
+from ._utils import kl_rows, log_softmax
 from .registry import register_loss
 
 
@@ -36,6 +35,6 @@ class SegChannelwiseLoss(nn.Layer):
                 f"SegChannelwiseLoss needs spatial maps (N, C, H, W) or (N, C, L), got shape "
                 f"{list(student.shape)}; use KLLoss for (N, C) logits.")
         n, c = student.shape[0], student.shape[1]
-        log_s = F.log_softmax(student.reshape([n * c, -1]) / self.tau, axis=-1)
-        log_t = F.log_softmax(teacher.reshape([n * c, -1]) / self.tau, axis=-1)
+        log_s = log_softmax(student.reshape([n * c, -1]) / self.tau, axis=-1)
+        log_t = log_softmax(teacher.reshape([n * c, -1]) / self.tau, axis=-1)
         return self.tau ** 2 * kl_rows(log_t, log_s).sum() / (n * c)

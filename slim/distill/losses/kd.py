@@ -9,7 +9,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from ..errors import ConfigError
-from ._utils import classes_last, kl_rows, masked_mean, valid_mask
+from ._utils import classes_last, kl_rows, log_softmax, masked_mean, valid_mask
 from .registry import register_loss
 
 # subtracted from the target logit to take it out of a softmax (exp(-1e4) is 0 in every float type)
@@ -29,8 +29,8 @@ class _SoftmaxLoss(nn.Layer):
 
     def _log_probs(self, student, teacher):
         t = self.temperature
-        return (F.log_softmax(classes_last(student, self.axis) / t, axis=-1),
-                F.log_softmax(classes_last(teacher, self.axis) / t, axis=-1))
+        return (log_softmax(classes_last(student, self.axis) / t, axis=-1),
+                log_softmax(classes_last(teacher, self.axis) / t, axis=-1))
 
     def _mean(self, per_position, label, logits):
         if label is None:
@@ -108,7 +108,7 @@ class DKDLoss(_SoftmaxLoss):
         log_target = (z * target_mask).sum(axis=-1) - log_all
         log_rest = z_rest.logsumexp(axis=-1) - log_all  # log(1 - p_t), computed without 1 - p_t
         log_b = paddle.stack([log_target, log_rest], axis=-1)
-        return log_b, F.log_softmax(z_rest, axis=-1)
+        return log_b, log_softmax(z_rest, axis=-1)
 
     def forward(self, student, teacher, label=None):
         if label is None:

@@ -1,0 +1,69 @@
+"""Distil a teacher into a student: the PaddleSeg tutorial's command, for every task.
+
+    python slim/distill/distill_train.py --teacher_config T.yml --student_config S.yml \
+        --do_eval --use_vdl --save_interval 250 --seed 0 --save_dir output/distill
+    python -m paddle.distributed.launch --nproc_per_node 2 slim/distill/distill_train.py ...
+
+The task (segmentation, detection, classification) is read from the student config. The teacher's
+weights come from its `model.pretrained` (or --teacher_pretrained). Distillation terms come from the
+student config's `distill_loss` (on logits) and `distill:` pairs, and from the adaptors and
+`prepare_distill_config()` in slim/distill/distill_config.py.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from slim.distill.errors import ConfigError  # noqa: E402
+from slim.distill.pairs import logit_pairs, parse_pairs  # noqa: E402
+from slim.engine import env, launch  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = launch.make_parser(__doc__)
+    p.add_argument("--student_config", "-c", "--config", dest="student_config", required=True)
+    p.add_argument("--teacher_config", "--teather_config", "-t", dest="teacher_config", required=True,
+                   help="teacher config (only its `model` is used); --teather_config is accepted too")
+    p.add_argument("--teacher_pretrained", default=None, help="teacher weights (overrides model.pretrained)")
+    p.add_argument("--allow_untrained_teacher", action="store_true",
+                   help="run with a randomly initialised teacher (pipeline tests only)")
+    launch.add_common_flags(p)
+    return p.parse_args(argv)
+
+
+def distill_pairs(task, cfg):
+    """Logit terms (`distill_loss`), yaml pairs (`distill:`) and the tutorial's distill_config.py pairs."""
+    from slim.distill import distill_config
+    pairs = logit_pairs(cfg.get("distill_loss"), task.logits_ref(cfg))
+    pairs += parse_pairs(cfg.get("distill") or [])
+    pairs += parse_pairs(distill_config.prepare_distill_config() or [])
+    names = [p.name for p in pairs]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise ConfigError(f"Two distillation terms are both named {duplicated}; give them distinct `name`s.")
+    if not pairs:
+        raise ConfigError("Nothing to distil: add `distill_loss: {types: [{type: KLLoss}], coef: [3]}` or a "
+                          "`distill:` list of pairs to the student config, or fill prepare_distill_config() "
+                          "in slim/distill/distill_config.py.")
+    return pairs, distill_config.prepare_distill_adaptor()
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    launch.setup_process(args)
+    task, cfg = launch.load_task_config(args.student_config, launch.flag_overrides(args, args.student_config))
+    teacher_task, teacher_cfg = launch.load_task_config(args.teacher_config)
+    if teacher_task.name != task.name:
+        raise ConfigError(f"The teacher config is a {teacher_task.name} model but the student config is "
+                          f"{task.name}: both must be the same task.")
+    task.check_teacher_compatible(cfg, teacher_cfg)
+    pairs, adaptors = distill_pairs(task, cfg)
+    save_dir = args.save_dir or launch.run_folder_name(task, cfg, teacher_cfg, pairs)
+    student = launch.build_student(task, cfg, args.init_weights)
+    teacher = launch.build_teacher(task, teacher_cfg, args.teacher_pretrained, args.allow_untrained_teacher)
+    env.init_distributed()
+    launch.train(task, cfg, student, teacher, pairs, adaptors, launch.options_from_args(args, save_dir))
+
+
+if __name__ == "__main__":
+    sys.exit(launch.run_main(main))
