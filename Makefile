@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 REQS   ?= requirements.txt
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install test bench clean-venv
+.PHONY: install test demo bench clean-venv
 
 $(STAMP): requirements.txt requirements-nodeps.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ install: $(STAMP)
 
 test: install
 	$(BIN)/python -m pytest -q tests
+
+# The main distillation job: segmentation of nuclei, teacher -> student, about 15 minutes on 2 CPU cores.
+demo: install
+	$(BIN)/python tools/demo.py seg --out output/demo
 
 bench: install
 	$(BIN)/python bench/overhead.py

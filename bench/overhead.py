@@ -9,11 +9,13 @@ Time, in one process, the variants interleaved step by step, median after warm-u
   student   plain student train step (forward, CE, backward, SGD step)
   teacher   the teacher's no_grad forward
   floor     student + teacher: the cost any distillation must pay
+  hand-written  the same distillation step written by hand (hooks, connectors, losses, no engine):
+                the floor plus what the configured connectors and losses cost by themselves
   engine    slim.distill.Distiller step (same CE + distillation terms)
   paddleslim        PaddleSlim 2.6 `Distill(convert_fn=False)` with the same losses, teacher.eval() as
                     its docs show (teacher parameters left trainable)
   paddleslim-frozen the same with the teacher's parameters frozen by hand (stop_gradient=True)
-Peak RSS: each variant alone in a fresh process (ru_maxrss after the same number of steps).
+Peak RSS: each variant alone in a fresh process (VmHWM after the same number of steps).
 
     python bench/overhead.py [--steps 10] [--warmup 3] [--batch_size 2] [--size 256] [--output_stride 8]
 """
@@ -37,7 +39,7 @@ from slim.distill import Distiller  # noqa: E402
 from slim.distill.losses import build_loss  # noqa: E402
 from slim.tasks.seg import build_component  # noqa: E402
 
-VARIANTS = ["student", "teacher", "engine", "paddleslim", "paddleslim-frozen"]
+VARIANTS = ["student", "teacher", "hand-written", "engine", "paddleslim", "paddleslim-frozen"]
 STAGE_PAIRS = [("backbone.bb_1_1", "backbone.bb_1_3", 128, 512), ("backbone.bb_3_1", "backbone.bb_3_2", 512, 2048)]
 KL_WEIGHT, CWD_WEIGHT, TAU = 3.0, 1.0, 4.0
 
@@ -97,6 +99,35 @@ def make_step(variant, args, seed=0):
 
         def step():
             loss = ce(student(x)[0])
+            loss.backward()
+            opt.step()
+            opt.clear_grad()
+        return step
+
+    if variant == "hand-written":
+        # The same step written by hand: forward hooks, two connectors, the same losses. What the
+        # configured pairs cost by themselves, with no engine around them.
+        teacher.eval()
+        for p in teacher.parameters():
+            p.stop_gradient = True
+        connectors = [paddle.nn.Conv2D(c_in, c_out, 1) for _, _, c_in, c_out in STAGE_PAIRS]
+        cwd = build_loss({"type": "SegChannelwiseLoss", "tau": TAU})
+        feats = {}
+        for i, (s_name, t_name, _, _) in enumerate(STAGE_PAIRS):
+            dict(student.named_sublayers())[s_name].register_forward_post_hook(
+                lambda layer, inp, out, i=i: feats.__setitem__(("s", i), out))
+            dict(teacher.named_sublayers())[t_name].register_forward_post_hook(
+                lambda layer, inp, out, i=i: feats.__setitem__(("t", i), out))
+        params = student.parameters() + [p for c in connectors for p in c.parameters()]
+        opt = paddle.optimizer.SGD(learning_rate=1e-3, parameters=params)
+
+        def step():
+            s_out = student(x)[0]
+            with paddle.no_grad():
+                t_out = teacher(x)[0]
+            loss = ce(s_out) + KL_WEIGHT * kl(s_out, t_out, label=y)
+            for i, conn in enumerate(connectors):
+                loss = loss + CWD_WEIGHT * cwd(conn(feats[("s", i)]), feats[("t", i)])
             loss.backward()
             opt.step()
             opt.clear_grad()
@@ -190,6 +221,8 @@ def table(med, peaks, args):
         f"| student train step | {med['student']:.3f} | | {peaks['student']:.0f} |",
         f"| teacher no_grad forward | {med['teacher']:.3f} | | {peaks['teacher']:.0f} |",
         f"| floor (student + teacher) | {floor:.3f} | 1.00 | |",
+        f"| hand-written distillation step | {med['hand-written']:.3f} | {med['hand-written'] / floor:.2f} | "
+        f"{peaks['hand-written']:.0f} |",
         f"| **slim.distill engine** | {med['engine']:.3f} | {med['engine'] / floor:.2f} | {peaks['engine']:.0f} |",
         f"| PaddleSlim 2.6 Distill (teacher.eval()) | {med['paddleslim']:.3f} | "
         f"{med['paddleslim'] / floor:.2f} | {peaks['paddleslim']:.0f} |",
@@ -199,6 +232,7 @@ def table(med, peaks, args):
         "| ratio | measured | target |",
         "| --- | --- | --- |",
         f"| engine / floor, time | {med['engine'] / floor:.3f} | <= 1.05 |",
+        f"| engine / hand-written, time | {med['engine'] / med['hand-written']:.3f} | |",
         f"| engine / PaddleSlim, time | {med['engine'] / med['paddleslim']:.3f} | <= 0.90 |",
         f"| engine / PaddleSlim, peak RSS | {peaks['engine'] / peaks['paddleslim']:.3f} | <= 0.80 |",
         f"| engine / PaddleSlim frozen by hand, time | {med['engine'] / med['paddleslim-frozen']:.3f} | |",

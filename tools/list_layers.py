@@ -35,7 +35,7 @@ def main(argv=None):
     try:
         cfg = load_config(args.config, opts=args.opts).to_dict()
         task = get_task(cfg)
-        model = task.build_model(cfg.get("model"))
+        model = task.build_model(cfg)
         rows = list_layers(model, *task.example_inputs(cfg, shape))
     except SlimError as e:
         print(f"error: {e}", file=sys.stderr)

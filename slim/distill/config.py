@@ -220,10 +220,13 @@ def _drop_inherit_keys(value):
     return value
 
 
-def load_config(path, opts=None, defaults=None, known_keys=None):
-    """Load a yaml config, apply `_base_` and overrides, validate top-level keys, freeze it."""
+def load_config(path, opts=None, defaults=None, known_keys=None, check_keys=True):
+    """Load a yaml config, apply `_base_` and overrides, validate top-level keys, freeze it.
+
+    `check_keys=False` skips the validation (to peek at a config before its task is known)."""
     data = merge_dicts(parse_yaml_with_bases(path), copy.deepcopy(defaults or {}))
     data = _drop_inherit_keys(data)
     data = apply_overrides(data, opts)
-    check_top_level_keys(data, known_config_keys() if known_keys is None else set(known_keys), path)
+    if check_keys:
+        check_top_level_keys(data, known_config_keys() if known_keys is None else set(known_keys), path)
     return Config(data, path=os.path.abspath(path))

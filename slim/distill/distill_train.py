@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from slim.distill.errors import ConfigError  # noqa: E402
 from slim.distill.pairs import logit_pairs, parse_pairs  # noqa: E402
-from slim.engine import env, launch  # noqa: E402
+from slim.engine import launch  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -59,10 +59,11 @@ def main(argv=None):
     task.check_teacher_compatible(cfg, teacher_cfg)
     pairs, adaptors = distill_pairs(task, cfg)
     save_dir = args.save_dir or launch.run_folder_name(task, cfg, teacher_cfg, pairs)
-    student = launch.build_student(task, cfg, args.init_weights)
-    teacher = launch.build_teacher(task, teacher_cfg, args.teacher_pretrained, args.allow_untrained_teacher)
-    env.init_distributed()
-    launch.train(task, cfg, student, teacher, pairs, adaptors, launch.options_from_args(args, save_dir))
+    notes = []
+    student = launch.build_student(task, cfg, args.init_weights, log=notes.append)
+    teacher = launch.build_teacher(task, teacher_cfg, args.teacher_pretrained, args.allow_untrained_teacher,
+                                   log=notes.append)
+    launch.train(task, cfg, student, teacher, pairs, adaptors, launch.options_from_args(args, save_dir), notes)
 
 
 if __name__ == "__main__":

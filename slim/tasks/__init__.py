@@ -1,8 +1,10 @@
 """Task plug-ins. The engine and the trainer reach a task only through this interface:
 
     task = get_task(config_dict)          # picked from `task:`, or from the shape of the config
-    model = task.build_model(model_cfg)   # a paddle.nn.Layer
+    model = task.build_model(config_dict) # a paddle.nn.Layer
     inputs = task.example_inputs(config_dict, input_shape)
+
+Each task implements `slim.tasks.base.TaskBase`.
 
 Task modules are imported lazily, so a segmentation run never imports ppdet and vice versa.
 """

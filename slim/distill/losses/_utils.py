@@ -58,6 +58,17 @@ def log_softmax(x, axis=-1):
     return x - paddle.logsumexp(x, axis=axis, keepdim=True)
 
 
+def kl_rows_from_logits(teacher, student):
+    """KL(softmax(teacher) || softmax(student)) for each row of (M, K) logits.
+
+    Written as sum_k p_t,k (t_k - s_k) - lse(t) + lse(s) (sum_k p_t,k = 1): the student side needs one
+    logsumexp and no log-softmax tensor, which is most of the work saved on large maps.
+    """
+    p_t = F.softmax(teacher, axis=-1)
+    return ((p_t * (teacher - student)).sum(axis=-1) - paddle.logsumexp(teacher, axis=-1)
+            + paddle.logsumexp(student, axis=-1))
+
+
 def kl_rows(log_p, log_q):
     """KL(p || q) = sum_k p_k (log p_k - log q_k) for each row of log-probabilities."""
     return (log_p.exp() * (log_p - log_q)).sum(axis=-1)

@@ -2,7 +2,7 @@
 import paddle.nn as nn
 
 from ..errors import ShapeMismatchError
-from ._utils import kl_rows, log_softmax
+from ._utils import kl_rows_from_logits
 from .registry import register_loss
 
 
@@ -35,6 +35,6 @@ class SegChannelwiseLoss(nn.Layer):
                 f"SegChannelwiseLoss needs spatial maps (N, C, H, W) or (N, C, L), got shape "
                 f"{list(student.shape)}; use KLLoss for (N, C) logits.")
         n, c = student.shape[0], student.shape[1]
-        log_s = log_softmax(student.reshape([n * c, -1]) / self.tau, axis=-1)
-        log_t = log_softmax(teacher.reshape([n * c, -1]) / self.tau, axis=-1)
-        return self.tau ** 2 * kl_rows(log_t, log_s).sum() / (n * c)
+        s = student.reshape([n * c, -1]) / self.tau
+        t = teacher.reshape([n * c, -1]) / self.tau
+        return self.tau ** 2 * kl_rows_from_logits(t, s).sum() / (n * c)

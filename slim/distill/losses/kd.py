@@ -9,7 +9,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from ..errors import ConfigError
-from ._utils import classes_last, kl_rows, log_softmax, masked_mean, valid_mask
+from ._utils import classes_last, kl_rows, kl_rows_from_logits, log_softmax, masked_mean, valid_mask
 from .registry import register_loss
 
 # subtracted from the target logit to take it out of a softmax (exp(-1e4) is 0 in every float type)
@@ -51,8 +51,9 @@ class KLLoss(_SoftmaxLoss):
     """
 
     def forward(self, student, teacher, label=None):
-        log_ps, log_pt = self._log_probs(student, teacher)
-        return self.temperature ** 2 * self._mean(kl_rows(log_pt, log_ps), label, student)
+        t = self.temperature
+        s_rows, t_rows = classes_last(student, self.axis) / t, classes_last(teacher, self.axis) / t
+        return t ** 2 * self._mean(kl_rows_from_logits(t_rows, s_rows), label, student)
 
 
 @register_loss("soft_ce", "SoftLabelCELoss")

@@ -1,4 +1,4 @@
 """Semantic segmentation with PaddleSeg models, datasets, transforms and losses."""
-from .model import Task, build_component, is_seg_model
+from .task import Task, build_component, is_seg_model
 
 __all__ = ["Task", "build_component", "is_seg_model"]

@@ -1,0 +1,185 @@
+"""Checkpoints: written atomically, student weights alone in `model.pdparams`.
+
+A checkpoint folder (`iter_N/`, `best_model/`) holds:
+    model.pdparams       the student's state dict only: loads into the plain model (paddleseg, ppdet, ...)
+    connectors.pdparams  the distillation connectors (absent when there are none)
+    model.pdopt          optimizer state, learning-rate schedule included
+    train_state.pdstates iteration, epoch, best metric, random states
+    metrics.json         evaluation results, when the folder was written after an evaluation
+
+Each folder is first written under a temporary name and then renamed, so a crash while saving never
+leaves a half-written checkpoint in place of a good one.
+"""
+import json
+import os
+import pickle
+import re
+import shutil
+import tempfile
+
+import paddle
+
+from slim.distill.errors import ConfigError
+
+MODEL_FILE, CONNECTOR_FILE, OPT_FILE, STATE_FILE = (
+    "model.pdparams", "connectors.pdparams", "model.pdopt", "train_state.pdstates")
+_ITER_RE = re.compile(r"^iter_(\d+)$")
+
+
+def _replace_dir(tmp_dir, final_dir):
+    """Move tmp_dir to final_dir; an existing final_dir is swapped out first and then deleted."""
+    trash = None
+    if os.path.exists(final_dir):
+        trash = f"{final_dir}.old-{os.getpid()}"
+        os.replace(final_dir, trash)
+    os.replace(tmp_dir, final_dir)
+    if trash:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def save_checkpoint(path, model_state, connector_state=None, optimizer_state=None, train_state=None,
+                    metrics=None):
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a checkpoint folder is an ordinary folder
+    try:
+        paddle.save(model_state, os.path.join(tmp, MODEL_FILE))
+        if connector_state:
+            paddle.save(connector_state, os.path.join(tmp, CONNECTOR_FILE))
+        if optimizer_state is not None:
+            paddle.save(optimizer_state, os.path.join(tmp, OPT_FILE))
+        if train_state is not None:  # pickle: paddle.load would turn numpy's RNG state into tensors
+            with open(os.path.join(tmp, STATE_FILE), "wb") as f:
+                pickle.dump(train_state, f)
+        if metrics is not None:
+            with open(os.path.join(tmp, "metrics.json"), "w") as f:
+                json.dump(metrics, f, indent=1)
+        _replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def iter_checkpoints(save_dir):
+    """[(iteration, path)] of the `iter_N` folders in save_dir, oldest first."""
+    if not os.path.isdir(save_dir):
+        return []
+    found = []
+    for name in os.listdir(save_dir):
+        match = _ITER_RE.match(name)
+        if match and os.path.isfile(os.path.join(save_dir, name, MODEL_FILE)):
+            found.append((int(match.group(1)), os.path.join(save_dir, name)))
+    return sorted(found)
+
+
+def prune_checkpoints(save_dir, keep):
+    """Delete the oldest `iter_N` folders beyond the newest `keep` (keep <= 0 keeps all)."""
+    if keep is None or keep <= 0:
+        return
+    for _, path in iter_checkpoints(save_dir)[:-keep]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def resolve_weights_path(path, what="weights"):
+    """A checkpoint folder or a .pdparams file -> the .pdparams file; a clear error when missing."""
+    if path and os.path.isdir(path):
+        path = os.path.join(path, MODEL_FILE)
+    if not path or not os.path.isfile(path):
+        raise ConfigError(f"{what} not found: {path!r}. Give a `.pdparams` file or a checkpoint folder "
+                          f"holding {MODEL_FILE}.")
+    return path
+
+
+def load_state(path, what="weights"):
+    path = resolve_weights_path(path, what)
+    try:
+        return paddle.load(path)
+    except Exception as e:  # a truncated or foreign file
+        raise ConfigError(f"Could not read {what} from {path}: {e}") from None
+
+
+def load_model_weights(model, path, what="weights", strict=True):
+    """Load a state dict into `model`; missing/unexpected keys or shape mismatches are a clear error."""
+    state = load_state(path, what)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]  # checkpoints of some tools nest the weights
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k}: file {list(state[k].shape)} vs model {list(own[k].shape)}" for k in own
+             if k in state and hasattr(state[k], "shape") and list(state[k].shape) != list(own[k].shape)]
+    if wrong or (strict and (missing or unexpected)):
+        def few(items):
+            return ", ".join(items[:5]) + (f" (+{len(items) - 5} more)" if len(items) > 5 else "")
+        details = []
+        if wrong:
+            details.append(f"shape mismatch: {few(wrong)}")
+        if missing:
+            details.append(f"missing in the file: {few(missing)}")
+        if unexpected:
+            details.append(f"not in the model: {few(unexpected)}")
+        raise ConfigError(f"{what} {resolve_weights_path(path)} do not fit {type(model).__name__}: "
+                          + "; ".join(details) + ". Check that the config builds the model the weights "
+                          "were trained with.")
+    model.set_state_dict({k: v for k, v in state.items() if k in own})
+    return path
+
+
+def read_checkpoint(path):
+    """Everything in a checkpoint folder (for resuming): dict with model, connectors, optimizer, state."""
+    if not os.path.isdir(path):
+        raise ConfigError(f"--resume_model {path!r} is not a checkpoint folder (expected e.g. "
+                          f"output/iter_1000 holding {MODEL_FILE} and {STATE_FILE}).")
+    files = {"model": MODEL_FILE, "connectors": CONNECTOR_FILE, "optimizer": OPT_FILE, "state": STATE_FILE}
+    out = {}
+    for key, name in files.items():
+        file = os.path.join(path, name)
+        if os.path.isfile(file):
+            if key == "state":
+                with open(file, "rb") as f:
+                    out[key] = pickle.load(f)
+            else:
+                out[key] = paddle.load(file)
+    for key in ("model", "state", "optimizer"):
+        if key not in out:
+            raise ConfigError(f"Checkpoint {path} has no {files[key]}: it cannot be resumed (it may be a "
+                              f"best_model/ export or an interrupted save). Resume from an iter_N folder.")
+    return out
+
+
+def _longest_prefix(key, names):
+    best = None
+    for name in names:
+        if key.startswith(name + "_") and (best is None or len(name) > len(best)):
+            best = name
+    return best
+
+
+def portable_optimizer_state(state, named_params):
+    """Optimizer state keyed by parameter paths ('@backbone.conv1.weight_velocity_0') instead of the names
+    Paddle generates (which depend on how many layers were built before, so they change between runs)."""
+    path_of = {p.name: path for path, p in named_params}
+    out = {}
+    for key, value in state.items():
+        name = _longest_prefix(key, path_of)
+        out[f"@{path_of[name]}{key[len(name):]}" if name else key] = value
+    return out
+
+
+def restore_optimizer_state(state, named_params):
+    """The inverse of portable_optimizer_state for the parameters of this run."""
+    name_of = {path: p.name for path, p in named_params}
+    out = {}
+    for key, value in state.items():
+        if key.startswith("@"):
+            path = _longest_prefix(key[1:], name_of)
+            if path is None:
+                raise ConfigError(f"The checkpoint's optimizer state has an entry for {key[1:]!r}, which this "
+                                  f"model does not have: it was saved from another model or distill config.")
+            key = name_of[path] + key[1 + len(path):]
+        out[key] = value
+    return out

@@ -1,0 +1,117 @@
+"""Hooks: what happens around the training loop, kept out of it.
+
+    class MyHook(Hook):
+        def after_step(self, trainer):
+            if trainer.iter % 100 == 0:
+                print(trainer.last_losses)
+
+The trainer calls before_train, before_step, after_step and after_train on each hook, in order.
+`trainer.iter` is the number of iterations done (1 after the first step).
+"""
+import datetime
+import os
+
+from . import env
+from .checkpoint import prune_checkpoints
+
+
+class Hook:
+    def before_train(self, trainer):
+        pass
+
+    def before_step(self, trainer):
+        pass
+
+    def after_step(self, trainer):
+        pass
+
+    def after_train(self, trainer):
+        pass
+
+
+def format_eta(seconds):
+    return str(datetime.timedelta(seconds=int(max(seconds, 0))))
+
+
+class LoggerHook(Hook):
+    """A `[TRAIN]` line every `log_iters`: each loss term, lr, batch_cost, reader_cost, ips and ETA."""
+
+    def __init__(self, log_iters=10):
+        self.log_iters = max(int(log_iters), 1)
+        self._reset()
+
+    def _reset(self):
+        self.sums, self.count, self.batch_cost, self.reader_cost, self.samples = {}, 0, 0.0, 0.0, 0
+
+    def after_step(self, trainer):
+        for name, value in trainer.last_losses.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value
+        self.count += 1
+        self.batch_cost += trainer.last_batch_cost
+        self.reader_cost += trainer.last_reader_cost
+        self.samples += trainer.last_batch_size
+        if trainer.iter % self.log_iters and trainer.iter != trainer.max_iters:
+            return
+        n = max(self.count, 1)
+        means = {k: v / n for k, v in self.sums.items()}
+        batch_cost = self.batch_cost / n
+        ips = self.samples * env.world_size() / max(self.batch_cost, 1e-9)
+        eta = format_eta((trainer.max_iters - trainer.iter) * batch_cost)
+        terms = ", ".join(f"{k}: {v:.5f}" for k, v in means.items() if k != "loss")
+        trainer.log(f"[TRAIN] epoch: {trainer.epoch + 1}, iter: {trainer.iter}/{trainer.max_iters}, "
+                    f"loss: {means.get('loss', 0.0):.5f}" + (f" ({terms})" if terms else "")
+                    + f", lr: {trainer.current_lr():.6f}, batch_cost: {batch_cost:.4f}, "
+                    f"reader_cost: {self.reader_cost / n:.5f}, ips: {ips:.4f} samples/sec | ETA {eta}")
+        trainer.record_scalars({f"Train/{k}": v for k, v in means.items()}, trainer.iter)
+        trainer.record_scalars({"Train/lr": trainer.current_lr(), "Train/batch_cost": batch_cost,
+                                "Train/reader_cost": self.reader_cost / n}, trainer.iter)
+        self._reset()
+
+
+class CheckpointHook(Hook):
+    """`iter_N/` every `save_interval` iterations and at the end; keeps the newest `keep_max`."""
+
+    def __init__(self, save_interval, keep_max=5):
+        self.save_interval, self.keep_max = int(save_interval or 0), keep_max
+
+    def after_step(self, trainer):
+        if self.save_interval > 0 and trainer.iter % self.save_interval == 0 and trainer.iter != trainer.max_iters:
+            self._save(trainer)
+
+    def after_train(self, trainer):
+        if trainer.iter > trainer.start_iter or not trainer.has_checkpoint(trainer.iter):
+            self._save(trainer)
+
+    def _save(self, trainer):
+        trainer.save_checkpoint()
+        if env.is_main_process():
+            prune_checkpoints(trainer.save_dir, self.keep_max)
+
+
+class EvalHook(Hook):
+    """Evaluate every `eval_interval` iterations and at the end; keep `best_model/` by the task's metric."""
+
+    def __init__(self, eval_interval):
+        self.eval_interval = int(eval_interval or 0)
+
+    def after_step(self, trainer):
+        if self.eval_interval > 0 and trainer.iter % self.eval_interval == 0 and trainer.iter != trainer.max_iters:
+            trainer.evaluate_and_track_best()
+
+    def after_train(self, trainer):
+        if trainer.last_eval_iter != trainer.iter:
+            trainer.evaluate_and_track_best()
+
+
+class VisualDLHook(Hook):
+    """Opens a VisualDL LogWriter in `save_dir/vdl` (rank 0); the trainer routes scalars to it."""
+
+    def before_train(self, trainer):
+        if env.is_main_process():
+            from visualdl import LogWriter
+            trainer.vdl_writer = LogWriter(os.path.join(trainer.save_dir, "vdl"))
+
+    def after_train(self, trainer):
+        if trainer.vdl_writer is not None:
+            trainer.vdl_writer.close()
+            trainer.vdl_writer = None

@@ -1,0 +1,157 @@
+"""What `distill_train.py` and `tools/train.py` share: flags, config loading, models, the run.
+
+Config priority, highest first: command-line flags and `-o key=value`, the yaml (with `_base_`), defaults.
+Only `model` (and its `pretrained` weights) is read from the teacher config; data, loss, optimizer and
+schedule come from the student config, as in PaddleSeg's distillation tutorial.
+"""
+import argparse
+import os
+import sys
+
+from slim.distill.config import load_config
+from slim.distill.distiller import freeze_teacher
+from slim.distill.errors import ConfigError, SlimError
+from slim.tasks import get_task
+from . import env
+from .checkpoint import load_model_weights
+from .trainer import TrainOptions, Trainer
+
+
+def add_common_flags(parser):
+    p = parser
+    p.add_argument("--iters", type=int, default=None, help="training iterations (overrides `iters`)")
+    p.add_argument("--epochs", type=int, default=None, help="train by epochs instead (overrides `epochs`)")
+    p.add_argument("--batch_size", type=int, default=None, help="batch size per process")
+    p.add_argument("--learning_rate", type=float, default=None, help="base learning rate")
+    p.add_argument("--save_interval", type=int, default=1000, help="checkpoint every N iterations")
+    p.add_argument("--resume_model", "-r", default=None, help="checkpoint folder to resume (e.g. output/iter_500)")
+    p.add_argument("--save_dir", default=None,
+                   help="output folder (default: output/<models>/<settings>, named from the run)")
+    p.add_argument("--keep_checkpoint_max", type=int, default=5)
+    p.add_argument("--num_workers", type=int, default=0, help="data loading worker processes")
+    p.add_argument("--do_eval", action="store_true", help="evaluate every save_interval and keep best_model/")
+    p.add_argument("--eval_interval", type=int, default=None, help="evaluate every N iterations "
+                   "(default: save_interval)")
+    p.add_argument("--log_iters", type=int, default=10)
+    p.add_argument("--use_vdl", action="store_true", help="write VisualDL scalars to SAVE_DIR/vdl")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default=None, help="cpu, gpu or gpu:N (default: GPU when available)")
+    p.add_argument("--init_weights", default=None, help="start the student from these weights")
+    p.add_argument("-o", "--opts", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="config overrides, e.g. -o batch_size=4 model.backbone.output_stride=16")
+    return p
+
+
+def flag_overrides(args, cfg_path):
+    """The flags that change the config, as `-o` strings (they rank with -o above the yaml)."""
+    opts = []
+    if args.iters is not None:
+        opts += [f"iters={args.iters}", "epochs=null"]
+    if args.epochs is not None:
+        opts += [f"epochs={args.epochs}", "iters=null"]
+    if args.batch_size is not None:
+        opts.append(f"batch_size={args.batch_size}")
+    if args.learning_rate is not None:
+        raw = load_config(cfg_path, check_keys=False).to_dict()
+        where = "lr_scheduler.learning_rate" if raw.get("lr_scheduler") else "learning_rate"
+        opts.append(f"{where}={args.learning_rate}")
+    return opts + list(args.opts or [])
+
+
+def load_task_config(path, opts=(), what="config"):
+    """Load a config and pick its task; the task's own top-level keys are accepted."""
+    raw = load_config(path, check_keys=False).to_dict()
+    task = get_task(raw)
+    from slim.distill.config import known_config_keys
+    cfg = load_config(path, opts=list(opts), known_keys=known_config_keys() | set(task.config_keys))
+    return task, cfg.to_dict()
+
+
+def build_student(task, cfg, init_weights=None, log=print):
+    model = task.build_model(cfg)
+    weights = init_weights or task.pretrained_path(cfg)
+    if weights:
+        load_model_weights(model, weights, "student weights")
+        log(f"student initialised from {weights}")
+    return model
+
+
+def build_teacher(task, cfg, weights=None, allow_untrained=False, log=print):
+    model = task.build_model(cfg)
+    weights = weights or task.pretrained_path(cfg)
+    if not weights:
+        if not allow_untrained:
+            raise ConfigError(
+                "The teacher has no weights: set `model.pretrained` in the teacher config to its trained "
+                "model.pdparams (e.g. output/teacher/best_model/model.pdparams), or pass "
+                "--teacher_pretrained. Use --allow_untrained_teacher only to test the pipeline.")
+        log("WARNING: the teacher has no trained weights (--allow_untrained_teacher): distillation from a "
+            "random teacher only tests the pipeline.")
+        return freeze_teacher(model)
+    load_model_weights(model, weights, "teacher weights")
+    log(f"teacher weights loaded from {weights}")
+    return freeze_teacher(model)
+
+
+def options_from_args(args, save_dir):
+    return TrainOptions(save_dir=save_dir, log_iters=args.log_iters, save_interval=args.save_interval,
+                        keep_checkpoint_max=args.keep_checkpoint_max, do_eval=args.do_eval,
+                        eval_interval=args.eval_interval, use_vdl=args.use_vdl, num_workers=args.num_workers,
+                        seed=args.seed, resume_model=args.resume_model)
+
+
+def _fmt_number(value):
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def run_folder_name(task, cfg, teacher_cfg=None, pairs=()):
+    """output/<teacher>-<student>-<losses>/<lr>_<optimizer>_<schedule>_<length>_<warmup>_bs<N> (seeds/002)."""
+    student = task.run_name(cfg)
+    if teacher_cfg is not None:
+        losses = []
+        for pair in pairs:
+            name = pair.loss["type"].replace("Loss", "")
+            t = pair.loss.get("temperature", pair.loss.get("tau"))
+            name += f"-T{_fmt_number(t)}" if t is not None else ""
+            if name not in losses:
+                losses.append(name)
+        models = f"{task.run_name(teacher_cfg)}-{student}-{'+'.join(losses) or 'distill'}"
+        if cfg.get("head_from_teacher"):
+            models += "-head_fixed"
+    else:
+        models = student
+    lr_cfg = cfg.get("lr_scheduler") or {}
+    lr = lr_cfg.get("learning_rate", cfg.get("learning_rate", "?"))
+    opt = (cfg.get("optimizer") or {}).get("type", "SGD")
+    sched = lr_cfg.get("type", "constant")
+    length = f"epochs{cfg['epochs']}" if cfg.get("epochs") else f"iters{cfg.get('iters')}"
+    warm = lr_cfg.get("warmup_iters", lr_cfg.get("warmup_epochs", 0))
+    settings = f"lr{_fmt_number(lr)}_{opt}_{sched}_{length}_warmup{warm}_bs{cfg.get('batch_size')}"
+    return os.path.join("output", models, settings)
+
+
+def run_main(main):
+    """Run a CLI main(): user errors print one clear message and exit 2; Ctrl-C exits 130."""
+    try:
+        return main() or 0
+    except SlimError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def make_parser(description):
+    return argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def train(task, cfg, student, teacher=None, pairs=(), adaptors=(None, None), options=None, notes=()):
+    return Trainer(task, cfg, student, teacher=teacher, pairs=pairs, adaptors=adaptors, options=options,
+                   notes=notes).train()
+
+
+def setup_process(args):
+    """Device, threads and seeds, before any model is built (model initialisation draws random numbers)."""
+    env.set_device(args.device)
+    env.seed_everything(args.seed)

@@ -1,0 +1,33 @@
+"""Shared pieces of the evaluation, prediction and export tools."""
+import os
+
+from slim.distill.errors import ConfigError
+from . import env
+from .launch import load_task_config
+
+
+def add_model_flags(parser):
+    parser.add_argument("--config", "-c", required=True, help="the model's config (yaml)")
+    parser.add_argument("--model_path", default=None,
+                        help="weights: a .pdparams file or a checkpoint folder (default: model.pretrained)")
+    parser.add_argument("--device", default=None, help="cpu, gpu or gpu:N")
+    parser.add_argument("-o", "--opts", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="config overrides; `-o weights=PATH` is the PaddleDetection spelling of --model_path")
+    return parser
+
+
+def load_model_for_inference(args, log=print):
+    """(task, cfg, model in eval mode with its weights)."""
+    env.set_device(args.device)
+    opts = [o for o in args.opts if not o.startswith("weights=")]
+    weights = next((o.split("=", 1)[1] for o in args.opts if o.startswith("weights=")), None)
+    task, cfg = load_task_config(args.config, opts)
+    path = args.model_path or weights or task.pretrained_path(cfg)
+    if not path:
+        raise ConfigError("No weights given: pass --model_path output/.../best_model/model.pdparams "
+                          "(or set model.pretrained in the config).")
+    model = task.build_model(cfg)
+    task.load_weights(model, path, "weights")
+    model.eval()
+    log(f"loaded {os.path.abspath(path) if os.path.exists(path) else path}")
+    return task, cfg, model

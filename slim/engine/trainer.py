@@ -1,0 +1,311 @@
+"""The one training loop, for every task, with or without a teacher.
+
+    trainer = Trainer(task, cfg, student, teacher=teacher, pairs=pairs, options=TrainOptions(save_dir=...))
+    trainer.train()
+
+Loss of a step = the task's weighted terms (e.g. `loss: {types: [CrossEntropyLoss], coef: [1]}`)
++ the weighted distillation terms (logits `distill_loss` and feature pairs), each logged by name.
+Iteration-based (`iters`) or epoch-based (`epochs`); warm-up by iterations or epochs (see optim.py).
+Checkpoints hold the student alone in model.pdparams; connectors, optimizer, schedule, random states
+and the iteration are saved beside it, so `resume_model` continues exactly where a run stopped.
+"""
+import json
+import os
+import time
+from collections import OrderedDict
+
+import paddle
+
+from slim.distill import Distiller
+from slim.distill.adaptor import unwrap
+from slim.distill.errors import ConfigError, NonFiniteLossError
+from . import env
+from .analysis import describe_model
+from .checkpoint import (MODEL_FILE, iter_checkpoints, portable_optimizer_state, read_checkpoint,
+                         restore_optimizer_state, save_checkpoint)
+from .data import BatchStream
+from .hooks import CheckpointHook, EvalHook, LoggerHook, VisualDLHook
+from .optim import build_lr_scheduler, build_optimizer
+
+
+class TrainOptions:
+    """Run settings that are not part of the model/data config (they come from command-line flags)."""
+
+    def __init__(self, save_dir="output", log_iters=10, save_interval=1000, keep_checkpoint_max=5, do_eval=False,
+                 eval_interval=None, use_vdl=False, num_workers=0, seed=None, resume_model=None,
+                 lr_scale=1.0, log_file="record.txt"):
+        self.save_dir, self.log_iters, self.save_interval = save_dir, log_iters, save_interval
+        self.keep_checkpoint_max, self.do_eval, self.use_vdl = keep_checkpoint_max, do_eval, use_vdl
+        self.eval_interval = save_interval if eval_interval is None else eval_interval
+        self.num_workers, self.seed, self.resume_model = num_workers, seed, resume_model
+        self.lr_scale, self.log_file = lr_scale, log_file
+
+
+def check_save_dir_is_free(save_dir, resume_model):
+    """Refuse to start a new run over the checkpoints of another one (nothing of the user's is lost)."""
+    if resume_model:
+        return
+    taken = [os.path.basename(p) for _, p in iter_checkpoints(save_dir)]
+    if os.path.isfile(os.path.join(save_dir, "best_model", MODEL_FILE)):
+        taken.append("best_model")
+    if taken:
+        last = iter_checkpoints(save_dir)
+        hint = f"--resume_model {last[-1][1]} to continue it, " if last else ""
+        raise ConfigError(f"--save_dir {save_dir} already holds checkpoints of another run "
+                          f"({', '.join(taken[:6])}). Pass {hint}or choose another --save_dir (nothing was "
+                          f"overwritten).")
+
+
+class Trainer:
+    def __init__(self, task, cfg, student, teacher=None, pairs=(), adaptors=(None, None), options=None,
+                 hooks=None, task_loss=None, notes=()):
+        self.task, self.cfg = task, cfg
+        self.options = options or TrainOptions()
+        self.save_dir = self.options.save_dir
+        self.student, self.teacher = student, teacher
+        self.pairs, self.adaptors = list(pairs), adaptors
+        self.extra_hooks = list(hooks or [])
+        self.task_loss = task_loss or task.build_task_loss(cfg)
+        self.iter = self.start_iter = 0
+        self.epoch = 0
+        self.best_metric, self.best_iter, self.last_eval_iter = None, None, None
+        self.last_losses, self.last_batch_cost, self.last_reader_cost, self.last_batch_size = {}, 0.0, 0.0, 0
+        self.vdl_writer = None
+        self._log_file = None
+        self._notes = list(notes)  # lines logged before the run folder existed (weights loaded, ...)
+
+    # ----- logging ----------------------------------------------------------------------------------
+    def log(self, message):
+        if not env.is_main_process():
+            return
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
+        print(line, flush=True)
+        if self._log_file is not None:
+            self._log_file.write(line + "\n")
+            self._log_file.flush()
+
+    def record_scalars(self, scalars, step):
+        if not env.is_main_process():
+            return
+        if self.vdl_writer is not None:
+            for tag, value in scalars.items():
+                self.vdl_writer.add_scalar(tag, float(value), step)
+        with open(os.path.join(self.save_dir, "history.jsonl"), "a") as f:
+            f.write(json.dumps({"iter": step, **{k: float(v) for k, v in scalars.items()}}) + "\n")
+
+    def current_lr(self):
+        return float(self.optimizer.get_lr())
+
+    # ----- set-up -----------------------------------------------------------------------------------
+    def _setup(self):
+        opts = self.options
+        world = env.init_distributed()
+        check_save_dir_is_free(self.save_dir, opts.resume_model)
+        if env.is_main_process():
+            os.makedirs(self.save_dir, exist_ok=True)
+            self._log_file = open(os.path.join(self.save_dir, opts.log_file), "a")
+        for note in self._notes:
+            self.log(note)
+        env.seed_everything(opts.seed)
+
+        train_set = self.task.build_dataset(self.cfg, "train")
+        batch_size = int(self.cfg.get("batch_size") or 1)
+        self.stream = BatchStream(train_set, batch_size, self.task.collate_fn("train"), opts.num_workers,
+                                  seed=opts.seed or 0, rank=env.rank(), world_size=world)
+        self.iters_per_epoch = self.stream.iters_per_epoch
+        self.max_iters = self._total_iters()
+        self.val_set = self.task.build_dataset(self.cfg, "val") if opts.do_eval else None
+
+        example = self.stream.collate_fn([self.stream.dataset[(0, 0)]]) if self.stream.collate_fn else None
+        args, kwargs = self.task.model_inputs(example, "train") if example is not None else ((), {})
+        self.log(describe_model("student", self.student, args, kwargs))
+        if self.teacher is not None:
+            self.log(describe_model("teacher", self.teacher, args, kwargs))
+
+        model = paddle.DataParallel(self.student) if world > 1 else self.student
+        self.model = model
+        self.distiller = None
+        if self.teacher is not None:
+            self.distiller = Distiller(model, self.teacher, self.pairs, *self.adaptors)
+            if example is not None:
+                self.distiller.build(*args, label=self.task.distill_label(example), **kwargs)
+            for pair in self.distiller.pairs:
+                self.log(f"distill {pair.describe()}, weight {pair.weight}")
+        elif self.pairs:
+            raise ConfigError("Distillation pairs were given but no teacher: pass a teacher config.")
+
+        self.lr = build_lr_scheduler(self.cfg, self.max_iters, self.iters_per_epoch, opts.lr_scale)
+        named = [(n, p) for n, p in unwrap(self.student).named_parameters()]
+        if self.distiller is not None:
+            named += [(f"connectors.{n}", p) for n, p in self.distiller.connectors.named_parameters()]
+        self.named_params = named
+        self.optimizer = build_optimizer(self.cfg, named, self.lr)
+        total = sum(int(p.size) for _, p in named if not p.stop_gradient)
+        self.log(f"training {total:,} parameters for {self.max_iters} iterations "
+                 f"({self.iters_per_epoch} per epoch, batch {batch_size} x {world} process(es))")
+
+        if opts.resume_model:
+            self._resume(opts.resume_model)
+        self.stream.start_at(self.iter)
+        self.epoch = self.stream.epoch
+
+        self.hooks = [LoggerHook(opts.log_iters), CheckpointHook(opts.save_interval, opts.keep_checkpoint_max)]
+        if opts.do_eval:
+            self.hooks.append(EvalHook(opts.eval_interval))
+        if opts.use_vdl:
+            self.hooks.insert(0, VisualDLHook())
+        self.hooks += self.extra_hooks
+
+    def _total_iters(self):
+        iters, epochs = self.cfg.get("iters"), self.cfg.get("epochs")
+        if iters and epochs:
+            raise ConfigError(f"The config sets both iters ({iters}) and epochs ({epochs}); keep one "
+                              f"(-o iters=null or -o epochs=null).")
+        if epochs:
+            return int(epochs) * self.iters_per_epoch
+        if not iters:
+            raise ConfigError("Set the length of training: `iters` (or --iters) or `epochs` in the config.")
+        return int(iters)
+
+    def _resume(self, path):
+        ckpt = read_checkpoint(path)
+        unwrap(self.student).set_state_dict(ckpt["model"])
+        if self.distiller is not None and ckpt.get("connectors"):
+            self.distiller.set_connector_state_dict(ckpt["connectors"])
+        self.optimizer.set_state_dict(restore_optimizer_state(ckpt["optimizer"], self.named_params))
+        state = ckpt["state"]
+        self.iter = self.start_iter = int(state["iter"])
+        self.best_metric, self.best_iter = state.get("best_metric"), state.get("best_iter")
+        env.set_rng_state(state["rng"][env.rank()] if isinstance(state["rng"], list) else state["rng"])
+        if self.iter >= self.max_iters:
+            self.log(f"{path} is at iteration {self.iter}, the end of this run ({self.max_iters}); "
+                     f"raise --iters to train further.")
+        self.log(f"resumed from {path} at iteration {self.iter}")
+
+    # ----- the loop ---------------------------------------------------------------------------------
+    def train(self):
+        self._setup()
+        self._call("before_train")
+        self._set_train_mode()
+        try:
+            while self.iter < self.max_iters:
+                self._call("before_step")
+                t0 = time.perf_counter()
+                batch = next(self.stream)
+                self.last_reader_cost = time.perf_counter() - t0
+                self.epoch = self.stream.epoch
+                self.last_losses = self.run_step(batch)
+                self.iter += 1
+                self.last_batch_cost = time.perf_counter() - t0
+                self.last_batch_size = self.task.batch_size_of(batch)
+                self._call("after_step")
+        except KeyboardInterrupt:
+            if self.iter > self.start_iter:
+                path = self.save_checkpoint()
+                self.log(f"interrupted at iteration {self.iter}; saved {path}. Continue with "
+                         f"--resume_model {path}")
+            raise
+        self._call("after_train")
+        if self.best_metric is not None:
+            self.log(f"best {self.task.primary_metric} {self.best_metric:.4f} at iteration {self.best_iter}, "
+                     f"saved in {os.path.join(self.save_dir, 'best_model')}")
+        self.close()
+        return self
+
+    def close(self):
+        if self.distiller is not None:
+            self.distiller.close()
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def _call(self, name):
+        for hook in self.hooks:
+            getattr(hook, name)(self)
+
+    def _set_train_mode(self):
+        if self.distiller is not None:
+            self.distiller.train()
+        else:
+            self.model.train()
+
+    def run_step(self, batch):
+        args, kwargs = self.task.model_inputs(batch, "train")
+        terms = OrderedDict()
+        if self.distiller is not None:
+            out = self.distiller(*args, label=self.task.distill_label(batch), **kwargs)
+            student_out, distill_terms = out.student_out, out.losses
+        else:
+            student_out, distill_terms = self.model(*args, **kwargs), {}
+        terms.update(self.task_loss(student_out, batch))
+        terms.update(distill_terms)
+        loss = paddle.add_n(list(terms.values()))
+        if not bool(paddle.isfinite(loss)):
+            values = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+            raise NonFiniteLossError(
+                f"The training loss became {float(loss)} at iteration {self.iter + 1} ({values}). Lower the "
+                f"learning rate or the weight of the diverging term, check the data, or resume from the "
+                f"last checkpoint in {self.save_dir}.")
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.clear_grad()
+        if isinstance(self.lr, paddle.optimizer.lr.LRScheduler):
+            self.lr.step()
+        values = OrderedDict(loss=float(loss))
+        values.update((k, float(v)) for k, v in terms.items())
+        return values
+
+    # ----- checkpoints and evaluation ---------------------------------------------------------------
+    def has_checkpoint(self, iteration):
+        return os.path.isdir(os.path.join(self.save_dir, f"iter_{iteration}"))
+
+    def _train_state(self):
+        rng = env.rng_state()
+        if env.world_size() > 1:
+            gathered = []
+            paddle.distributed.all_gather_object(gathered, rng)
+            rng = gathered
+        return {"iter": self.iter, "epoch": self.epoch, "best_metric": self.best_metric,
+                "best_iter": self.best_iter, "rng": rng, "max_iters": self.max_iters}
+
+    def save_checkpoint(self, name=None, metrics=None, full=True):
+        state = self._train_state() if full else None
+        path = os.path.join(self.save_dir, name or f"iter_{self.iter}")
+        if env.is_main_process():
+            connectors = self.distiller.connector_state_dict() if self.distiller is not None else None
+            save_checkpoint(path, unwrap(self.student).state_dict(), connectors,
+                            portable_optimizer_state(self.optimizer.state_dict(), self.named_params) if full else None,
+                            state, metrics)
+        env.barrier()
+        return path
+
+    def evaluate(self):
+        model = unwrap(self.student)
+        model.eval()
+        try:
+            with paddle.no_grad():
+                metrics = self.task.evaluate(model, self.val_set, self.cfg, log=self.log)
+        finally:
+            self._set_train_mode()
+        return metrics
+
+    def evaluate_and_track_best(self):
+        self.last_eval_iter = self.iter
+        metrics = None
+        if env.is_main_process():
+            metrics = self.evaluate()
+            self.record_scalars({f"Evaluate/{k}": v for k, v in metrics.items() if isinstance(v, float)}, self.iter)
+            value = metrics[self.task.primary_metric]
+            if self.best_metric is None or value > self.best_metric:
+                self.best_metric, self.best_iter = value, self.iter
+                save_checkpoint(os.path.join(self.save_dir, "best_model"), model_state=unwrap(self.student).state_dict(),
+                                connector_state=(self.distiller.connector_state_dict() if self.distiller else None),
+                                metrics={"iter": self.iter, **{k: v for k, v in metrics.items()
+                                                               if isinstance(v, (int, float))}})
+            self.log(f"[EVAL] The model with the best validation {self.task.primary_metric} "
+                     f"({self.best_metric:.4f}) was saved at iter {self.best_iter}.")
+        if env.world_size() > 1:  # every rank keeps the same best-so-far (it goes into checkpoints)
+            shared = []
+            paddle.distributed.all_gather_object(shared, (self.best_metric, self.best_iter))
+            self.best_metric, self.best_iter = shared[0]
+        return metrics

@@ -1,0 +1,110 @@
+"""The interface between the shared trainer and a task (segmentation, detection, classification).
+
+The trainer knows nothing about images, boxes or classes: it asks the task for a model, datasets, how to
+feed a batch to the model, the task's own loss terms and an evaluation. A new task subclasses `TaskBase`
+and registers its module in `slim/tasks/__init__.py`.
+"""
+from collections import OrderedDict
+
+from slim.distill.adaptor import LayerRef
+from slim.distill.errors import ConfigError
+
+
+class TaskBase:
+    #: short name used in logs, run folder names and `task:` in configs
+    name = "base"
+    #: the metric that picks `best_model/` (higher is better)
+    primary_metric = "metric"
+    #: top-level config keys this task understands beyond the trainer's own
+    config_keys = ()
+
+    # ----- models ---------------------------------------------------------------------------------
+    def build_model(self, cfg):
+        """A `paddle.nn.Layer` from the full config dict (its `model` section, usually)."""
+        raise NotImplementedError
+
+    def num_classes(self, cfg):
+        return (cfg.get("model") or {}).get("num_classes")
+
+    def check_teacher_compatible(self, cfg, teacher_cfg):
+        """Teacher and student must predict the same classes (their logits are compared)."""
+        s, t = self.num_classes(cfg), self.num_classes(teacher_cfg)
+        if s is not None and t is not None and int(s) != int(t):
+            raise ConfigError(f"The teacher predicts {t} classes and the student {s}: distillation compares "
+                              f"their class scores, so both configs need the same num_classes.")
+
+    def pretrained_path(self, cfg):
+        """The weights named by the config (`model.pretrained`), or None."""
+        return (cfg.get("model") or {}).get("pretrained")
+
+    def load_weights(self, model, path, what="weights"):
+        from slim.engine.checkpoint import load_model_weights
+        return load_model_weights(model, path, what)
+
+    def logits_ref(self, cfg):
+        """Where `distill_loss` (losses on the model's logits) reads the logits in the model output."""
+        return LayerRef("$output")
+
+    def example_inputs(self, cfg, input_shape=None):
+        """Inputs for one forward, used for connector building, layer listing and FLOPs."""
+        raise NotImplementedError
+
+    # ----- data -----------------------------------------------------------------------------------
+    def build_dataset(self, cfg, mode):
+        """A `paddle.io.Dataset` for mode 'train' or 'val'."""
+        raise NotImplementedError
+
+    def collate_fn(self, mode):
+        """A collate function for `paddle.io.DataLoader`, or None for the default one."""
+        return None
+
+    def model_inputs(self, batch, mode="train"):
+        """(args, kwargs) to call the model with on a collated batch."""
+        raise NotImplementedError
+
+    def distill_label(self, batch):
+        """The ground truth handed to distillation losses that use it (masking, DKD), or None."""
+        return None
+
+    def batch_size_of(self, batch):
+        raise NotImplementedError
+
+    # ----- loss and evaluation --------------------------------------------------------------------
+    def build_task_loss(self, cfg):
+        """A callable (model_output, batch) -> OrderedDict of named, already weighted loss terms."""
+        raise NotImplementedError
+
+    def evaluate(self, model, dataset, cfg, log=print):
+        """Evaluate `model` on `dataset`; returns an OrderedDict of metrics, the primary one included."""
+        raise NotImplementedError
+
+    # ----- inference tools ------------------------------------------------------------------------
+    def export_input_spec(self, cfg, input_shape=None):
+        """`paddle.static.InputSpec`s of the exported model's inputs."""
+        raise NotImplementedError(f"export is not available for the {self.name} task")
+
+    def export_model(self, model, cfg):
+        """The layer to export (a wrapper when the deployed model should return something else)."""
+        return model
+
+    def predict_files(self, model, cfg, paths, out_dir, log=print):
+        """Run the model on image files and write visualisations under out_dir."""
+        raise NotImplementedError(f"prediction is not available for the {self.name} task")
+
+    def describe_metrics(self, metrics):
+        """One log line for a metrics dict."""
+        return " ".join(f"{k}: {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+
+    def run_name(self, cfg):
+        """A short model name for run folders (e.g. 'deeplabv3p_resnet18_vd')."""
+        model = cfg.get("model") or {}
+        parts = [str(model.get("type", self.name))]
+        backbone = model.get("backbone")
+        if isinstance(backbone, dict) and backbone.get("type"):
+            parts.append(str(backbone["type"]))
+        return "_".join(parts).lower()
+
+
+def weighted_terms(named_losses):
+    """An OrderedDict from (name, weighted tensor) pairs, keeping order."""
+    return OrderedDict(named_losses)

@@ -1,0 +1,37 @@
+"""Evaluate a model (teacher or student) on the validation set of its config.
+
+    python tools/eval.py --config configs/seg/deeplabv3p_resnet18_vd_nuclei_student.yml \
+        --model_path output/seg/distill/best_model/model.pdparams
+    python tools/eval.py -c configs/det/yolov3_mobilenet_v1_trees_student.yml -o weights=output/det/best_model
+
+Segmentation prints PaddleSeg's line `[EVAL] #Images: N mIoU: x Acc: x Kappa: x Dice: x` and per-class
+IoU; `--save_json F` also writes the metrics to a file.
+"""
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import paddle  # noqa: E402
+
+from slim.engine import launch, tools  # noqa: E402
+
+
+def main(argv=None):
+    p = launch.make_parser(__doc__)
+    tools.add_model_flags(p)
+    p.add_argument("--save_json", default=None, help="also write the metrics to this json file")
+    args = p.parse_args(argv)
+    task, cfg, model = tools.load_model_for_inference(args)
+    dataset = task.build_dataset(cfg, "val")
+    with paddle.no_grad():
+        metrics = task.evaluate(model, dataset, cfg, log=print)
+    if args.save_json:
+        with open(args.save_json, "w") as f:
+            json.dump(metrics, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(launch.run_main(main))

@@ -1,0 +1,28 @@
+"""Train one model alone with the shared trainer (the tutorial's teacher and student-baseline steps).
+
+    python tools/train.py --config configs/seg/deeplabv3p_resnet18_vd_nuclei_teacher.yml \
+        --do_eval --save_interval 100 --seed 0 --save_dir output/teacher
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from slim.engine import launch  # noqa: E402
+
+
+def main(argv=None):
+    p = launch.make_parser(__doc__)
+    p.add_argument("--config", "-c", required=True)
+    launch.add_common_flags(p)
+    args = p.parse_args(argv)
+    launch.setup_process(args)
+    task, cfg = launch.load_task_config(args.config, launch.flag_overrides(args, args.config))
+    save_dir = args.save_dir or launch.run_folder_name(task, cfg)
+    notes = []
+    model = launch.build_student(task, cfg, args.init_weights, log=notes.append)
+    launch.train(task, cfg, model, options=launch.options_from_args(args, save_dir), notes=notes)
+
+
+if __name__ == "__main__":
+    sys.exit(launch.run_main(main))
