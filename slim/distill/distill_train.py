@@ -63,6 +63,7 @@ def main(argv=None):
     student = launch.build_student(task, cfg, args.init_weights, log=notes.append)
     teacher = launch.build_teacher(task, teacher_cfg, args.teacher_pretrained, args.allow_untrained_teacher,
                                    log=notes.append)
+    task.prepare_pair(student, teacher, cfg, log=notes.append)
     launch.train(task, cfg, student, teacher, pairs, adaptors, launch.options_from_args(args, save_dir), notes)
 
 

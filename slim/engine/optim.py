@@ -34,15 +34,16 @@ def warmup_iters_of(lr_cfg, iters_per_epoch):
     return int(lr_cfg.get("warmup_iters", 0) or 0)
 
 
-def build_lr_scheduler(cfg, total_iters, iters_per_epoch, lr_scale=1.0):
-    """The schedule of the whole run (stepped once per iteration). `lr_scale` multiplies every rate."""
+def build_lr_scheduler(cfg, total_iters, iters_per_epoch, lr_scale=1.0, warmup_scale=1.0):
+    """The schedule of the whole run (stepped once per iteration). `lr_scale` multiplies every rate,
+    `warmup_scale` the warm-up length."""
     lr_cfg = dict(cfg.get("lr_scheduler") or {})
     if not lr_cfg:
         if "learning_rate" not in cfg:
             raise ConfigError("The config has neither `lr_scheduler` nor `learning_rate`; add e.g. "
                               "lr_scheduler: {type: PolynomialDecay, learning_rate: 0.01, power: 0.9}.")
         lr_cfg = {"type": "Constant", "learning_rate": cfg["learning_rate"]}
-    warmup = warmup_iters_of(lr_cfg, iters_per_epoch)
+    warmup = int(round(warmup_iters_of(lr_cfg, iters_per_epoch) * warmup_scale))
     lr_cfg.pop("warmup_iters", None)
     lr_cfg.pop("warmup_epochs", None)
     warmup_start = float(lr_cfg.pop("warmup_start_lr", 0.0)) * lr_scale

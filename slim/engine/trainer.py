@@ -108,8 +108,9 @@ class Trainer:
             self.log(note)
         env.seed_everything(opts.seed)
 
+        self.settings = self.task.training_settings(self.cfg)
         train_set = self.task.build_dataset(self.cfg, "train")
-        batch_size = int(self.cfg.get("batch_size") or 1)
+        batch_size = int(self.settings.get("batch_size") or 1)
         self.stream = BatchStream(train_set, batch_size, self.task.collate_fn("train"), opts.num_workers,
                                   seed=opts.seed or 0, rank=env.rank(), world_size=world)
         self.iters_per_epoch = self.stream.iters_per_epoch
@@ -134,12 +135,13 @@ class Trainer:
         elif self.pairs:
             raise ConfigError("Distillation pairs were given but no teacher: pass a teacher config.")
 
-        self.lr = build_lr_scheduler(self.cfg, self.max_iters, self.iters_per_epoch, opts.lr_scale)
+        lr_scale, warmup_scale = self._batch_scaling(batch_size * world)
+        self.lr = build_lr_scheduler(self.settings, self.max_iters, self.iters_per_epoch, lr_scale, warmup_scale)
         named = [(n, p) for n, p in unwrap(self.student).named_parameters()]
         if self.distiller is not None:
             named += [(f"connectors.{n}", p) for n, p in self.distiller.connectors.named_parameters()]
         self.named_params = named
-        self.optimizer = build_optimizer(self.cfg, named, self.lr)
+        self.optimizer = build_optimizer(self.settings, named, self.lr)
         total = sum(int(p.size) for _, p in named if not p.stop_gradient)
         self.log(f"training {total:,} parameters for {self.max_iters} iterations "
                  f"({self.iters_per_epoch} per epoch, batch {batch_size} x {world} process(es))")
@@ -156,8 +158,21 @@ class Trainer:
             self.hooks.insert(0, VisualDLHook())
         self.hooks += self.extra_hooks
 
+    def _batch_scaling(self, total_batch):
+        """Linear scaling when the total batch differs from the config's `reference_batch_size`: the
+        learning rate by total/reference, the warm-up (in iterations) by reference/total."""
+        reference = self.settings.get("reference_batch_size")
+        scale = float(self.options.lr_scale)
+        if not reference or int(reference) == total_batch:
+            return scale, 1.0
+        ratio = total_batch / float(reference)
+        self.log(f"total batch {total_batch} ({total_batch // env.world_size()} x {env.world_size()} process(es)) "
+                 f"differs from the config's reference batch {reference}: learning rate scaled x{ratio:g}, "
+                 f"warm-up iterations x{1 / ratio:g} (linear scaling rule)")
+        return scale * ratio, 1.0 / ratio
+
     def _total_iters(self):
-        iters, epochs = self.cfg.get("iters"), self.cfg.get("epochs")
+        iters, epochs = self.settings.get("iters"), self.settings.get("epochs")
         if iters and epochs:
             raise ConfigError(f"The config sets both iters ({iters}) and epochs ({epochs}); keep one "
                               f"(-o iters=null or -o epochs=null).")

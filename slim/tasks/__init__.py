@@ -4,35 +4,46 @@
     model = task.build_model(config_dict) # a paddle.nn.Layer
     inputs = task.example_inputs(config_dict, input_shape)
 
-Each task implements `slim.tasks.base.TaskBase`.
-
-Task modules are imported lazily, so a segmentation run never imports ppdet and vice versa.
+Each task implements `slim.tasks.base.TaskBase`; its module has a `Task` class and a `matches(cfg)`
+function telling whether a config without `task:` is one of its configs. Task modules are imported
+lazily, in the order below, so a segmentation run never imports ppdet and vice versa.
 """
 import importlib
 
 from slim.distill.errors import ConfigError
 
-_TASK_MODULES = {"seg": "slim.tasks.seg"}
+_TASK_MODULES = {"seg": "slim.tasks.seg", "det": "slim.tasks.det", "cls": "slim.tasks.cls"}
 
 
 def task_names():
     return sorted(_TASK_MODULES)
 
 
+def _module(name):
+    try:
+        return importlib.import_module(_TASK_MODULES[name])
+    except ModuleNotFoundError as e:
+        if e.name == _TASK_MODULES[name]:
+            return None  # a task this installation does not ship
+        raise
+
+
 def detect_task_name(cfg):
-    """`task:` when given; otherwise a config whose `model.type` is a PaddleSeg model is 'seg'."""
+    """`task:` when given; otherwise the first task whose `matches(cfg)` accepts the config."""
     if cfg.get("task"):
         name = cfg["task"]
-        if name not in _TASK_MODULES:
+        if name not in _TASK_MODULES or _module(name) is None:
             raise ConfigError(f"Unknown task {name!r}; known tasks: {', '.join(task_names())}")
         return name
-    model_type = (cfg.get("model") or {}).get("type")
-    if model_type and importlib.import_module("slim.tasks.seg").is_seg_model(model_type):
-        return "seg"
+    for name in _TASK_MODULES:
+        module = _module(name)
+        if module is not None and module.matches(cfg):
+            return name
+    model_type = (cfg.get("model") or {}).get("type") if isinstance(cfg.get("model"), dict) else None
     raise ConfigError(
         f"Cannot tell the task of this config (model type {model_type!r}). Set `task:` to one of "
         f"{', '.join(task_names())}, or use a model type of one of these tasks.")
 
 
 def get_task(cfg):
-    return importlib.import_module(_TASK_MODULES[detect_task_name(cfg)]).Task()
+    return _module(detect_task_name(cfg)).Task()

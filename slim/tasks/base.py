@@ -18,6 +18,14 @@ class TaskBase:
     #: top-level config keys this task understands beyond the trainer's own
     config_keys = ()
 
+    # ----- training settings ----------------------------------------------------------------------
+    def training_settings(self, cfg):
+        """The trainer's keys, in this package's (PaddleSeg-style) spelling: batch_size, iters or epochs,
+        optimizer, lr_scheduler (or learning_rate), and optionally reference_batch_size (the total batch
+        the learning rate was set for; the trainer scales linearly when the run's total batch differs).
+        A task whose configs spell these otherwise (ppdet's TrainReader, LearningRate, ...) translates here."""
+        return cfg
+
     # ----- models ---------------------------------------------------------------------------------
     def build_model(self, cfg):
         """A `paddle.nn.Layer` from the full config dict (its `model` section, usually)."""
@@ -32,6 +40,10 @@ class TaskBase:
         if s is not None and t is not None and int(s) != int(t):
             raise ConfigError(f"The teacher predicts {t} classes and the student {s}: distillation compares "
                               f"their class scores, so both configs need the same num_classes.")
+
+    def prepare_pair(self, student, teacher, cfg, log=print):
+        """Called once both models are built and the teacher's weights loaded, before training (e.g. to
+        copy and freeze the teacher's classifier in the student)."""
 
     def pretrained_path(self, cfg):
         """The weights named by the config (`model.pretrained`), or None."""
