@@ -194,3 +194,24 @@ def test_two_process_launch_trains_and_saves_once(seg, tmp_path):
         "best_model", "history.jsonl", "iter_3", "record.txt"]
     state = paddle.load(str(out / "iter_3" / "model.pdparams"))
     assert sorted(state) == sorted(build_component(MODEL).state_dict())
+
+
+def test_epoch_mode_visualdl_and_keep_checkpoint_max(seg, tmp_path):
+    out = tmp_path / "run"
+    # 6 training slices, batch 2: 3 iterations per epoch
+    assert run_tool("train", "--config", seg["teacher"], "--epochs", 1, "--save_interval", 1,
+                    "--keep_checkpoint_max", 1, "--use_vdl", "--log_iters", 1, "--save_dir", out) == 0
+    assert sorted(n for n in os.listdir(out) if n.startswith("iter_")) == ["iter_3"]
+    vdl_files = [f for _, _, files in os.walk(out / "vdl") for f in files]
+    assert vdl_files and os.path.getsize(os.path.join(out / "vdl", vdl_files[0])) > 0
+    from visualdl import LogReader
+    reader = LogReader(file_path=os.path.join(out / "vdl", vdl_files[0]))
+    assert "Train/loss" in reader.get_tags()["scalar"]
+    assert len(reader.get_data("scalar", "Train/loss")) == 3
+
+
+def test_list_layers_tool_on_a_paddleseg_config(seg, capsys):
+    assert run_tool("list_layers", "--config", seg["student"], "--input_shape", "1,3,64,64", "--max_depth", 2) == 0
+    out = capsys.readouterr().out
+    assert "backbone.bb_2_1" in out and "1x256x4x4" in out and "parameters" in out
+    assert run_tool("list_layers", "--config", seg["student"], "--input_shape", "1,3,x") == 2

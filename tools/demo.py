@@ -20,17 +20,18 @@ PY = sys.executable
 
 DEMOS = {
     "seg": {
-        "title": "Segmentation: nuclei, DeepLabV3P",
+        "title": "Segmentation: nuclei, LR-ASPP MobileNetV3-large teacher -> MobileNetV3-small x0.35 student",
         "prepare": ["nuclei", "--out", "data/nuclei"],
         "teacher": "configs/seg/demo/teacher.yml",
         "student": "configs/seg/demo/student.yml",
         "metric": "mIoU",
+        "eval_interval": {"teacher": 100, "student": 25},
         "extra_metrics": ["Acc", "Kappa", "Dice"],
     },
 }
 
 
-def run(cmd, log_path, show=("[TRAIN]", "[EVAL]", "error", "Error", "best", "wrote", "already", "Traceback")):
+def run(cmd, log_path, show=("[TRAIN]", "[EVAL] #Images", "Class IoU", "error", "Error", "best", "wrote", "already", "Traceback")):
     """Run a command, stream the lines worth seeing, keep the whole output in log_path."""
     print("$ " + " ".join(cmd), flush=True)
     t0 = time.time()
@@ -98,7 +99,11 @@ def main():
     logs = os.path.join(out, "logs")
     os.makedirs(logs, exist_ok=True)
     quick = ["--iters", "4"] if args.quick else []
-    common = ["--seed", str(args.seed), "--log_iters", "2" if args.quick else "25", "--save_interval", "100000"]
+    common = ["--seed", str(args.seed), "--log_iters", "2" if args.quick else "25", "--save_interval", "100000",
+              "--do_eval"]
+    every = demo["eval_interval"]
+    teacher_eval = ["--eval_interval", "2" if args.quick else str(every["teacher"])]
+    student_eval = ["--eval_interval", "2" if args.quick else str(every["student"])]
     print(f"== {demo['title']} (outputs in {out})", flush=True)
 
     timings = {}
@@ -106,22 +111,23 @@ def main():
     teacher_dir, student_dir, distill_dir = (os.path.join(runs_dir, n) for n in ("teacher", "student", "distill"))
     print("== 1/3 teacher", flush=True)
     timings["teacher"] = run([PY, "tools/train.py", "--config", demo["teacher"], "--save_dir", teacher_dir]
-                             + common + quick, os.path.join(logs, "teacher.log"))
-    teacher_weights = os.path.join(teacher_dir, f"iter_{last_iter(teacher_dir)}", "model.pdparams")
+                             + common + teacher_eval + quick, os.path.join(logs, "teacher.log"))
+    teacher_weights = os.path.join(teacher_dir, "best_model", "model.pdparams")
     print("== 2/3 student alone", flush=True)
     timings["student alone"] = run([PY, "tools/train.py", "--config", demo["student"], "--save_dir", student_dir]
-                                   + common + quick, os.path.join(logs, "student.log"))
+                                   + common + student_eval + quick, os.path.join(logs, "student.log"))
     print("== 3/3 student distilled from the teacher", flush=True)
     timings["distilled"] = run([PY, "slim/distill/distill_train.py", "--teacher_config", demo["teacher"],
                                 "--student_config", demo["student"], "--teacher_pretrained", teacher_weights,
-                                "--save_dir", distill_dir] + common + quick, os.path.join(logs, "distill.log"))
+                                "--save_dir", distill_dir] + common + student_eval + quick,
+                               os.path.join(logs, "distill.log"))
 
     print("== evaluation (tools/eval.py)", flush=True)
     results = {}
     for name, cfg, run_dir in (("teacher", demo["teacher"], teacher_dir), ("student alone", demo["student"], student_dir),
                                ("distilled student", demo["student"], distill_dir)):
         metrics_path = os.path.join(out, f"eval_{name.split()[0]}.json")
-        weights = os.path.join(run_dir, f"iter_{last_iter(run_dir)}", "model.pdparams")
+        weights = os.path.join(run_dir, "best_model", "model.pdparams")
         run([PY, "tools/eval.py", "--config", cfg, "--model_path", weights, "--save_json", metrics_path],
             os.path.join(logs, f"eval_{name.split()[0]}.log"))
         with open(metrics_path) as f:
@@ -129,7 +135,7 @@ def main():
 
     metric = demo["metric"]
     cols = [metric] + demo["extra_metrics"]
-    lines = [f"{demo['title']}; seed {args.seed}; weights of the last iteration of each run", "",
+    lines = [f"{demo['title']}; seed {args.seed}; best checkpoint by val {metric} of each run", "",
              "| model | " + " | ".join(cols) + " | train time (s) |", "|" + " --- |" * (len(cols) + 2)]
     for (name, res), t in zip(results.items(), (timings["teacher"], timings["student alone"], timings["distilled"])):
         lines.append(f"| {name} | " + " | ".join(f"{res[c]:.4f}" for c in cols) + f" | {t:.0f} |")
@@ -145,14 +151,6 @@ def main():
     plot_curves([("teacher", teacher_dir), ("student alone", student_dir), ("distilled", distill_dir)],
                 os.path.join(out, "loss_curves.png"))
     print(f"\nwrote {os.path.join(out, 'results.md')}, results.json and loss_curves.png", flush=True)
-
-
-def last_iter(run_dir):
-    iters = [int(n[5:]) for n in os.listdir(run_dir) if n.startswith("iter_") and n[5:].isdigit()]
-    if not iters:
-        print(f"no checkpoint in {run_dir}", file=sys.stderr)
-        sys.exit(1)
-    return max(iters)
 
 
 if __name__ == "__main__":
