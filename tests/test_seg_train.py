@@ -215,3 +215,13 @@ def test_list_layers_tool_on_a_paddleseg_config(seg, capsys):
     out = capsys.readouterr().out
     assert "backbone.bb_2_1" in out and "1x256x4x4" in out and "parameters" in out
     assert run_tool("list_layers", "--config", seg["student"], "--input_shape", "1,3,x") == 2
+
+
+def test_resuming_with_another_model_is_a_clear_error(seg, tmp_path, capsys):
+    other = tmp_path / "r50.yml"
+    other.write_text(read(seg["teacher"]).replace("ResNet18_vd", "ResNet50_vd"))
+    code = run_tool("train", "--config", other, "--iters", 4, "--save_dir", tmp_path / "r",
+                    "--resume_model", seg["teacher_dir"] / "iter_2")
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "do not fit DeepLabV3P" in err and "shape mismatch" in err

@@ -107,6 +107,12 @@ def load_model_weights(model, path, what="weights", strict=True):
     state = load_state(path, what)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]  # checkpoints of some tools nest the weights
+    apply_state(model, state, f"{what} {resolve_weights_path(path)}", strict)
+    return path
+
+
+def apply_state(model, state, what="weights", strict=True):
+    """set_state_dict, but missing/unexpected keys or shape mismatches are a clear error, not a warning."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -122,11 +128,10 @@ def load_model_weights(model, path, what="weights", strict=True):
             details.append(f"missing in the file: {few(missing)}")
         if unexpected:
             details.append(f"not in the model: {few(unexpected)}")
-        raise ConfigError(f"{what} {resolve_weights_path(path)} do not fit {type(model).__name__}: "
+        raise ConfigError(f"{what} do not fit {type(model).__name__}: "
                           + "; ".join(details) + ". Check that the config builds the model the weights "
                           "were trained with.")
     model.set_state_dict({k: v for k, v in state.items() if k in own})
-    return path
 
 
 def read_checkpoint(path):
