@@ -22,7 +22,26 @@ import yaml
 from .errors import ConfigError
 
 BASE_KEY = "_base_"
+BASE_KEY_ALIASES = ("_BASE_",)  # PaddleDetection's spelling
 INHERIT_KEY = "_inherited_"
+
+
+class _TaggedLoader(yaml.SafeLoader):
+    """Safe yaml, plus PaddleDetection's class tags: `!VOCDataSet {dataset_dir: d}` is read as
+    `{type: VOCDataSet, dataset_dir: d}` (a bare `!LinearWarmup` as `{type: LinearWarmup}`)."""
+
+
+def _construct_tagged(loader, tag_suffix, node):
+    if isinstance(node, yaml.MappingNode):
+        value = loader.construct_mapping(node, deep=True)
+    elif isinstance(node, yaml.ScalarNode) and node.value == "":
+        value = {}
+    else:
+        raise ConfigError(f"yaml tag !{tag_suffix} must tag a mapping (e.g. `!{tag_suffix} {{key: value}}`)")
+    return {"type": tag_suffix, **value}
+
+
+_TaggedLoader.add_multi_constructor("!", _construct_tagged)
 
 # Top-level keys understood by the engine and the trainer; task plug-ins add their own with
 # `register_config_keys`.
@@ -101,7 +120,7 @@ def _read_yaml(path):
         raise ConfigError(f"Config file not found: {path}")
     with open(path, "r", encoding="utf-8") as f:
         try:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=_TaggedLoader)
         except yaml.YAMLError as e:
             raise ConfigError(f"Config file {path} is not valid yaml: {e}") from None
     if data is None:
@@ -134,6 +153,11 @@ def parse_yaml_with_bases(path, _seen=None):
     seen.add(path)
     data = _read_yaml(path)
     bases = data.pop(BASE_KEY, [])
+    for alias in BASE_KEY_ALIASES:
+        if alias in data:
+            if bases:
+                raise ConfigError(f"Config {path} has both `{BASE_KEY}` and `{alias}`; keep one.")
+            bases = data.pop(alias)
     if isinstance(bases, str):
         bases = [bases]
     merged = {}

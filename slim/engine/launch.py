@@ -13,7 +13,6 @@ from slim.distill.distiller import freeze_teacher
 from slim.distill.errors import ConfigError, SlimError
 from slim.tasks import get_task
 from . import env
-from .checkpoint import load_model_weights
 from .trainer import TrainOptions, Trainer
 
 
@@ -69,9 +68,9 @@ def load_task_config(path, opts=(), what="config"):
 
 def build_student(task, cfg, init_weights=None, log=print):
     model = task.build_model(cfg)
-    weights = init_weights or task.pretrained_path(cfg)
+    weights = init_weights or task.init_weights_path(cfg)
     if weights:
-        load_model_weights(model, weights, "student weights")
+        task.load_weights(model, weights, "student weights")
         log(f"student initialised from {weights}")
     return model
 
@@ -88,7 +87,7 @@ def build_teacher(task, cfg, weights=None, allow_untrained=False, log=print):
         log("WARNING: the teacher has no trained weights (--allow_untrained_teacher): distillation from a "
             "random teacher only tests the pipeline.")
         return freeze_teacher(model)
-    load_model_weights(model, weights, "teacher weights")
+    task.load_weights(model, weights, "teacher weights")
     log(f"teacher weights loaded from {weights}")
     return freeze_teacher(model)
 
@@ -146,9 +145,10 @@ def make_parser(description):
     return argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def train(task, cfg, student, teacher=None, pairs=(), adaptors=(None, None), options=None, notes=()):
+def train(task, cfg, student, teacher=None, pairs=(), adaptors=(None, None), options=None, notes=(), hooks=()):
+    """Run the shared trainer; `hooks` are extra `slim.engine.hooks.Hook`s (e.g. a layer-removal schedule)."""
     return Trainer(task, cfg, student, teacher=teacher, pairs=pairs, adaptors=adaptors, options=options,
-                   notes=notes).train()
+                   hooks=hooks, notes=notes).train()
 
 
 def setup_process(args):

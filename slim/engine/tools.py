@@ -31,3 +31,13 @@ def load_model_for_inference(args, log=print):
     model.eval()
     log(f"loaded {os.path.abspath(path) if os.path.exists(path) else path}")
     return task, cfg, model
+
+
+def default_output_dir(args, task, cfg):
+    """Where tools write side outputs when not told: beside --save_json, else beside the weights."""
+    from .checkpoint import resolve_weights_path
+    if getattr(args, "save_json", None):
+        return os.path.dirname(os.path.abspath(args.save_json))
+    weights = next((o.split("=", 1)[1] for o in args.opts if o.startswith("weights=")), None)
+    path = args.model_path or weights or task.pretrained_path(cfg)
+    return os.path.dirname(os.path.abspath(resolve_weights_path(path)))

@@ -21,7 +21,7 @@ from slim.distill.adaptor import unwrap
 from slim.distill.errors import ConfigError, NonFiniteLossError
 from . import env
 from .analysis import describe_model
-from .checkpoint import (MODEL_FILE, iter_checkpoints, portable_optimizer_state, read_checkpoint,
+from .checkpoint import (MODEL_FILE, apply_state, iter_checkpoints, portable_optimizer_state, read_checkpoint,
                          restore_optimizer_state, save_checkpoint)
 from .data import BatchStream
 from .hooks import CheckpointHook, EvalHook, LoggerHook, VisualDLHook
@@ -184,7 +184,7 @@ class Trainer:
 
     def _resume(self, path):
         ckpt = read_checkpoint(path)
-        unwrap(self.student).set_state_dict(ckpt["model"])
+        apply_state(unwrap(self.student), ckpt["model"], f"the student weights of {path}")
         if self.distiller is not None and ckpt.get("connectors"):
             self.distiller.set_connector_state_dict(ckpt["connectors"])
         self.optimizer.set_state_dict(restore_optimizer_state(ckpt["optimizer"], self.named_params))
@@ -317,6 +317,7 @@ class Trainer:
                                 connector_state=(self.distiller.connector_state_dict() if self.distiller else None),
                                 metrics={"iter": self.iter, **{k: v for k, v in metrics.items()
                                                                if isinstance(v, (int, float))}})
+                self.task.save_eval_outputs(os.path.join(self.save_dir, "best_model"), log=self.log)
             self.log(f"[EVAL] The model with the best validation {self.task.primary_metric} "
                      f"({self.best_metric:.4f}) was saved at iter {self.best_iter}.")
         if env.world_size() > 1:  # every rank keeps the same best-so-far (it goes into checkpoints)

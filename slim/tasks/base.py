@@ -49,6 +49,11 @@ class TaskBase:
         """The weights named by the config (`model.pretrained`), or None."""
         return (cfg.get("model") or {}).get("pretrained")
 
+    def init_weights_path(self, cfg):
+        """The weights a training run starts the model from (default: `pretrained_path`). A task whose
+        configs name trained weights that training must not load (ppdet's `weights:`) returns None."""
+        return self.pretrained_path(cfg)
+
     def load_weights(self, model, path, what="weights"):
         from slim.engine.checkpoint import load_model_weights
         return load_model_weights(model, path, what)
@@ -102,6 +107,11 @@ class TaskBase:
     def predict_files(self, model, cfg, paths, out_dir, log=print):
         """Run the model on image files and write visualisations under out_dir."""
         raise NotImplementedError(f"prediction is not available for the {self.name} task")
+
+    def save_eval_outputs(self, out_dir, log=print):
+        """Write what the last `evaluate` computed beyond its metrics (e.g. classification embeddings as
+        .npy) into out_dir; returns the paths written. Called by tools/eval.py and for each new best_model/."""
+        return []
 
     def describe_metrics(self, metrics):
         """One log line for a metrics dict."""
