@@ -11,8 +11,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from slim.distill import SlimError, format_layers, list_layers, load_config  # noqa: E402
-from slim.tasks import get_task  # noqa: E402
+from slim.distill import SlimError, format_layers, list_layers  # noqa: E402
+from slim.engine.launch import load_task_config  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -33,8 +33,7 @@ def main(argv=None):
               file=sys.stderr)
         return 2
     try:
-        cfg = load_config(args.config, opts=args.opts).to_dict()
-        task = get_task(cfg)
+        task, cfg = load_task_config(args.config, args.opts)  # the task's own top-level keys are accepted
         model = task.build_model(cfg)
         rows = list_layers(model, *task.example_inputs(cfg, shape))
     except SlimError as e:

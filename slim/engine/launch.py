@@ -119,6 +119,7 @@ def run_folder_name(task, cfg, teacher_cfg=None, pairs=()):
             models += "-head_fixed"
     else:
         models = student
+    cfg = task.training_settings(cfg)  # in the trainer's spelling (a task may translate, e.g. ppdet's sections)
     lr_cfg = cfg.get("lr_scheduler") or {}
     lr = lr_cfg.get("learning_rate", cfg.get("learning_rate", "?"))
     opt = (cfg.get("optimizer") or {}).get("type", "SGD")

@@ -1,0 +1,336 @@
+"""Object detection with PaddleDetection (ppdet 2.6) models, data operators, losses and post-processing.
+
+Configs are PaddleDetection yaml (`_BASE_`, `architecture:`, `YOLOv3:`, `TrainReader:`, `LearningRate:`,
+`OptimizerBuilder:`, `!VOCDataSet` tags, ...), plus this package's `distill:` pairs in the student config:
+
+    distill:
+      - {name: l2_out0, student: yolo_head.yolo_output.0, teacher: yolo_head.yolo_output.0, loss: L2Loss}
+
+The model's train-mode forward returns ppdet's loss dict; its terms (loss_xy, loss_wh, loss_obj, loss_cls,
+...) are the task loss. In eval mode it returns `bbox` ([M, 6]: label, score, x1, y1, x2, y2 in original
+image coordinates) and `bbox_num`. The teacher runs its feature path (features.py).
+"""
+import copy
+import os
+from collections import OrderedDict
+
+import numpy as np
+import paddle
+
+from slim.distill.errors import ConfigError
+from slim.tasks.base import TaskBase
+from . import data as det_data
+from . import settings as det_settings
+from .features import install_feature_forward
+from .metrics import COCOEvaluator, VOCEvaluator
+from .workspace import PPDET_KEYS, build_architecture, registered_names
+
+MODEL_INPUT_KEYS = ("image", "im_shape", "scale_factor")
+
+
+def matches(cfg):
+    """A PaddleDetection config: it names an `architecture`."""
+    return isinstance(cfg, dict) and isinstance(cfg.get("architecture"), str)
+
+
+class DetLoss:
+    """ppdet's loss dict -> the named terms (their sum is ppdet's `loss`)."""
+
+    def __init__(self):
+        self.use_terms = None
+
+    def __call__(self, output, batch):
+        if not isinstance(output, dict) or "loss" not in output:
+            raise ConfigError("The detector did not return its loss dict: it must be in train mode and fed "
+                              "the training targets (TrainReader.batch_transforms, e.g. Gt2YoloTarget).")
+        terms = OrderedDict((k, v) for k, v in output.items() if k != "loss" and isinstance(v, paddle.Tensor)
+                            and v.size == 1)
+        if self.use_terms is None:  # once: do the named terms add up to ppdet's total?
+            total = float(output["loss"])
+            parts = sum(float(v) for v in terms.values()) if terms else None
+            self.use_terms = parts is not None and abs(parts - total) <= 1e-4 * max(1.0, abs(total))
+        if self.use_terms:
+            return OrderedDict((k, v.reshape([])) for k, v in terms.items())
+        return OrderedDict(det_loss=output["loss"].reshape([]))
+
+
+def init_objectness_prior(model, prob):
+    """Start every objectness logit of a YOLOv3 head at logit(prob) (bias of the output convolutions).
+
+    ppdet initialises these biases at 0, i.e. p(object) = 0.5 in each of the thousands of cells; from
+    scratch, the objectness loss then dominates for hundreds of iterations while the biases walk down.
+    With `obj_prior_prob: 0.01` training starts where most cells are background (as RetinaNet's prior)."""
+    if not 0 < prob < 1:
+        raise ConfigError(f"obj_prior_prob must be in (0, 1), got {prob}")
+    head = getattr(model, "yolo_head", None)
+    if head is None or not hasattr(head, "yolo_outputs"):
+        raise ConfigError("obj_prior_prob applies to YOLOv3 heads (yolo_head.yolo_output.N) only.")
+    value = float(np.log(prob / (1 - prob)))
+    for i, conv in enumerate(head.yolo_outputs):
+        na = len(head.anchors[i])
+        bias = conv.bias.numpy().copy()
+        start = na if head.iou_aware else 0
+        per_anchor = bias[start:].reshape(na, -1)
+        per_anchor[:, 4] = value
+        bias[start:] = per_anchor.reshape(-1)
+        conv.bias.set_value(bias)
+
+
+class DetExport(paddle.nn.Layer):
+    """The deployed detector: image (N, 3, H, W), already resized and normalised -> (bbox, bbox_num), boxes
+    in the input image's pixels (scale_factor 1)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image):
+        n = paddle.shape(image)[0]
+        hw = paddle.cast(paddle.shape(image)[2:4], "float32")
+        im_shape = paddle.expand(hw.reshape([1, 2]), [n, 2])
+        scale_factor = paddle.ones([n, 2], dtype="float32")
+        out = self.model({"image": image, "im_shape": im_shape, "scale_factor": scale_factor})
+        return out["bbox"], out["bbox_num"]
+
+
+class Task(TaskBase):
+    name = "det"
+    primary_metric = "mAP"
+
+    def __init__(self):
+        self._collate = {}
+        self._notes = set()
+
+    @property
+    def config_keys(self):
+        return tuple(PPDET_KEYS) + tuple(registered_names())
+
+    # ----- settings ---------------------------------------------------------------------------------
+    def iters_per_epoch(self, cfg):
+        from slim.engine import env
+        n = len(det_data.load_records(cfg, "train")["records"])
+        total = det_settings.per_process_batch(cfg) * env.world_size()
+        return max(n // max(total, 1), 1)
+
+    def training_settings(self, cfg):
+        if cfg.get("use_ema"):
+            self._note("note: use_ema is ignored (the shared trainer keeps no EMA weights).")
+        return det_settings.training_settings(cfg, self.iters_per_epoch(cfg))
+
+    def _note(self, text):
+        if text not in self._notes:
+            self._notes.add(text)
+            det_data._log(text)
+
+    # ----- models -----------------------------------------------------------------------------------
+    def num_classes(self, cfg):
+        return cfg.get("num_classes")
+
+    def class_names(self, cfg):
+        for mode in ("train", "val"):
+            names = det_data.class_names(cfg, mode)
+            if names:
+                return names
+        test = cfg.get("TestDataset") or {}
+        path = test.get("anno_path")
+        if path and str(path).endswith(".txt"):
+            return det_data.read_label_list(det_data._join(test.get("dataset_dir"), path))
+        return None
+
+    def _model_cfg(self, cfg):
+        cfg = copy.deepcopy(dict(cfg))
+        names = self.class_names(cfg)
+        if names is not None:
+            det_data.check_num_classes(cfg, names, "the dataset's label list")
+            cfg.setdefault("num_classes", len(names))
+        if cfg.get("num_classes") is None:
+            raise ConfigError("Set `num_classes:` (the number of object classes) in the config.")
+        return cfg
+
+    def build_model(self, cfg):
+        model = build_architecture(self._model_cfg(cfg))
+        if cfg.get("obj_prior_prob"):
+            init_objectness_prior(model, float(cfg["obj_prior_prob"]))
+        pretrain = cfg.get("pretrain_weights")
+        if pretrain:
+            self._load_pretrain(model, pretrain)
+        return model
+
+    def _load_pretrain(self, model, path):
+        if "://" in str(path):
+            self._note(f"note: pretrain_weights {path} is a URL and is not downloaded (no network at run time); "
+                       f"the model starts from scratch. Download it yourself and give the local path, or set "
+                       f"-o pretrain_weights=null to silence this.")
+            return
+        from slim.engine.checkpoint import load_state
+        state = load_state(self._resolve(path), "pretrain_weights")
+        own = model.state_dict()
+        fit = {k: v for k, v in state.items() if k in own and list(v.shape) == list(own[k].shape)}
+        if not fit:
+            raise ConfigError(f"pretrain_weights {path}: no parameter name and shape matches this model.")
+        model.set_state_dict(fit)
+        self._note(f"pretrain_weights {path}: {len(fit)}/{len(own)} tensors loaded (by name and shape)")
+
+    @staticmethod
+    def _resolve(path):
+        """ppdet writes `-o weights=output/x/model_final` without the extension; accept both."""
+        if path and not os.path.exists(path) and os.path.isfile(str(path) + ".pdparams"):
+            return str(path) + ".pdparams"
+        return path
+
+    def load_weights(self, model, path, what="weights"):
+        from slim.engine.checkpoint import load_model_weights
+        return load_model_weights(model, self._resolve(path), what)
+
+    def pretrained_path(self, cfg):
+        """`weights:` (ppdet's trained-model weights: read by eval, infer and for a teacher)."""
+        return cfg.get("weights")
+
+    def init_weights_path(self, cfg):
+        """Training never starts from `weights:` (in ppdet it names the result, e.g. model_final);
+        `pretrain_weights` (partial, by name and shape) is loaded by build_model, --init_weights strictly."""
+        return None
+
+    def check_teacher_compatible(self, cfg, teacher_cfg):
+        s_names = self.class_names(cfg)
+        try:  # only the teacher's model is used: its dataset need not be on this machine
+            t_names = self.class_names(teacher_cfg)
+        except ConfigError:
+            t_names = None
+        if s_names is not None and t_names is not None and list(s_names) != list(t_names):
+            raise ConfigError(
+                f"The teacher's classes ({', '.join(t_names)}) differ from the student's ({', '.join(s_names)}): "
+                f"distillation compares their class scores map by map, so both configs need the same label list "
+                f"(same names, same order).")
+        super().check_teacher_compatible(self._model_cfg(cfg) if s_names else cfg,
+                                         self._model_cfg(teacher_cfg) if t_names else teacher_cfg)
+
+    def prepare_pair(self, student, teacher, cfg, log=print):
+        if install_feature_forward(teacher):
+            log(f"teacher runs in eval mode under no_grad and stops at its head outputs "
+                f"({type(teacher).__name__}: backbone -> neck -> head, no decoding or NMS)")
+        else:
+            log(f"teacher ({type(teacher).__name__}) runs its full eval forward (fed im_shape and scale_factor)")
+
+    def example_inputs(self, cfg, input_shape=None):
+        shape = list(input_shape or [1, 3, 256, 256])
+        n, h, w = shape[0], shape[2], shape[3]
+        return ({"image": paddle.randn(shape),
+                 "im_shape": paddle.to_tensor(np.array([[h, w]] * n, dtype="float32")),
+                 "scale_factor": paddle.ones([n, 2], dtype="float32")},)
+
+    def run_name(self, cfg):
+        arch = str(cfg.get("architecture", "det"))
+        backbone = (cfg.get(arch) or {}).get("backbone")
+        name = arch
+        if isinstance(backbone, str):
+            sec = cfg.get(backbone) or {}
+            name += "_" + backbone + (str(sec["depth"]) if "depth" in sec else "")
+            if sec.get("scale") not in (None, 1, 1.0):
+                name += f"_x{sec['scale']}"
+        return name.lower()
+
+    # ----- data -------------------------------------------------------------------------------------
+    def build_dataset(self, cfg, mode):
+        dataset = det_data.build_dataset(cfg, mode)
+        self._collate[mode] = det_data.build_collate(cfg, mode)
+        return dataset
+
+    def collate_fn(self, mode):
+        if mode not in self._collate:
+            raise ConfigError(f"build_dataset(cfg, {mode!r}) must run before collate_fn({mode!r}).")
+        return self._collate[mode]
+
+    def model_inputs(self, batch, mode="train"):
+        inputs = {k: v for k, v in batch.items() if isinstance(v, paddle.Tensor)}
+        return (inputs,), {}
+
+    def batch_size_of(self, batch):
+        return int(batch["image"].shape[0])
+
+    def build_task_loss(self, cfg):
+        return DetLoss()
+
+    # ----- evaluation -------------------------------------------------------------------------------
+    def make_evaluator(self, cfg, dataset):
+        d = dataset.data
+        if d["format"] == "coco":
+            return COCOEvaluator(d["anno_path"], d["clsid2catid"], d["names"])
+        iou = float(cfg.get("voc_eval_iou_thresh") or 0.5)
+        return VOCEvaluator(d["names"], map_type=cfg.get("map_type") or "11point", overlap_thresh=iou)
+
+    def predict_batch(self, model, batch):
+        """[(M_i, 6) numpy array per image] for a collated eval batch."""
+        out = model({k: batch[k] for k in MODEL_INPUT_KEYS})
+        if not isinstance(out, dict) or "bbox" not in out:
+            raise ConfigError("The detector returned no `bbox` in eval mode; evaluate a model in eval mode.")
+        bbox, nums = out["bbox"].numpy(), out["bbox_num"].numpy().reshape(-1)
+        preds, start = [], 0
+        for n in nums:
+            preds.append(bbox[start:start + int(n)])
+            start += int(n)
+        return preds
+
+    def iter_predictions(self, model, dataset, cfg):
+        bs = int((cfg.get("EvalReader") or {}).get("batch_size") or 8)
+        collate = det_data.build_collate(cfg, "val")
+        for start in range(0, len(dataset), bs):
+            idx = list(range(start, min(start + bs, len(dataset))))
+            batch = collate([dataset[i] for i in idx])
+            for i, pred in zip(idx, self.predict_batch(model, batch)):
+                yield i, pred
+
+    def evaluate(self, model, dataset, cfg, log=print):
+        evaluator = self.make_evaluator(cfg, dataset)
+        with paddle.no_grad():
+            for i, pred in self.iter_predictions(model, dataset, cfg):
+                evaluator.update(pred, dataset.records[i])
+        metrics = evaluator.result()
+        for line in evaluator.lines(metrics):
+            log(line)
+        return metrics
+
+    def describe_metrics(self, metrics):
+        return " ".join(f"{k}: {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+
+    # ----- inference tools --------------------------------------------------------------------------
+    def export_input_spec(self, cfg, input_shape=None):
+        shape = list(input_shape or [None, 3, None, None])
+        return [paddle.static.InputSpec(shape=shape, dtype="float32", name="image")]
+
+    def export_model(self, model, cfg):
+        return DetExport(model)
+
+    def predict_files(self, model, cfg, paths, out_dir, log=print, draw_threshold=0.5):
+        """Draw boxes (label and score) with score >= draw_threshold on each image; write them to out_dir
+        with a bbox.json of every detection."""
+        import json
+
+        from .visualize import draw_boxes
+        names = self.class_names(cfg) or [str(i) for i in range(int(cfg.get("num_classes") or 1))]
+        reader = det_data._reader(cfg, "test")
+        transform = det_data._compose(reader["sample_transforms"], len(names), where="TestReader.sample_transforms")
+        collate = det_data.EvalCollate(reader.get("batch_transforms") or [], len(names))
+        os.makedirs(out_dir, exist_ok=True)
+        results = []
+        model.eval()
+        with paddle.no_grad():
+            for k, path in enumerate(paths):
+                if not os.path.isfile(path):
+                    raise ConfigError(f"Image {path} not found.")
+                try:
+                    sample = transform({"im_file": path, "im_id": np.array([k])})
+                except Exception as e:
+                    raise ConfigError(f"Cannot read image {path}: {type(e).__name__}: {e}") from None
+                pred = self.predict_batch(model, collate([sample]))[0]
+                pred = pred[pred[:, 0] >= 0]
+                out_path = os.path.join(out_dir, os.path.basename(path))
+                shown = draw_boxes(path, pred, names, draw_threshold, out_path)
+                for label, score, x1, y1, x2, y2 in pred.tolist():
+                    results.append({"image": path, "label": names[int(label)], "score": round(score, 5),
+                                    "bbox": [round(v, 2) for v in (x1, y1, x2, y2)]})
+                log(f"{path}: {shown} box(es) with score >= {draw_threshold} (of {len(pred)}) -> {out_path}")
+        with open(os.path.join(out_dir, "bbox.json"), "w") as f:
+            json.dump(results, f, indent=1)
+        return out_dir
+
