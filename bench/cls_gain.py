@@ -1,0 +1,110 @@
+"""Does distillation help a small classifier? Teacher, student alone, KD, KD + frozen shared head, over seeds.
+
+    python bench/cls_gain.py --seeds 3 [--out output/bench/cls_gain] [--iters N] [--one_teacher]
+
+Data: MNIST-5k (`tools/prepare_data.py mnist`, 4000 train / 1000 val). Configs (configs/cls/):
+teacher convnet_teacher_mnist.yml, student convnet_student_mnist.yml (alone: CE; KD: its `loss` and
+`distill_loss`), KD + frozen head convnet_student_mnist_head_fixed.yml (the same plus
+`head_from_teacher: true` and `embedding_projection: true`).
+
+For each seed s: train the teacher (seed s; with --one_teacher, seed 0's teacher serves every seed), the
+student alone, KD and KD + frozen head (seed s), all with the package's own commands, the same data and
+iterations; tools/eval.py then measures the weights of the last iteration (no checkpoint is picked on the
+validation set). Prints a markdown table of mean ± standard deviation (range) over seeds of top-1 and
+recall@1 of feature matching (queries and gallery from the same model; and the student's queries
+against the teacher's gallery, possible only when the student embeds into the teacher's space), the share
+of the teacher-student top-1 gap each distilled student closes, and the wall time of each kind of run
+(the machine's load adds noise to it).
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+from slim.tasks.cls import experiment  # noqa: E402
+
+
+def summary(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    mean = statistics.mean(values)
+    if len(values) == 1:
+        return f"{mean:.4f}"
+    return f"{mean:.4f} ± {statistics.stdev(values):.4f} ({min(values):.4f}-{max(values):.4f})"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--out", default="output/bench/cls_gain")
+    p.add_argument("--iters", type=int, default=None, help="override the configs' iterations (every run)")
+    p.add_argument("--one_teacher", action="store_true", help="train the teacher once (seed 0) for every seed")
+    p.add_argument("--teacher_config", default=experiment.CONFIGS["teacher"])
+    p.add_argument("--student_config", default=experiment.CONFIGS["student"])
+    p.add_argument("--head_fixed_config", default=experiment.CONFIGS["head_fixed"])
+    args = p.parse_args(argv)
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    t_start = time.time()
+    experiment.run([sys.executable, "tools/prepare_data.py", "mnist", "--out", "data/mnist"],
+                   os.path.join(out, "prepare.log"), echo=False)
+    configs = {"teacher": args.teacher_config, "student": args.student_config, "head_fixed": args.head_fixed_config}
+    extra = ["--iters", str(args.iters)] if args.iters else []
+    per_seed, teacher_weights = [], None
+    for seed in range(args.seeds):
+        t0 = time.time()
+        seed_dir = os.path.join(out, f"seed{seed}")
+        if os.path.isdir(os.path.join(seed_dir, "runs")):
+            import shutil
+            shutil.rmtree(os.path.join(seed_dir, "runs"))  # a fresh run for this seed
+        results = experiment.run_seed(seed_dir, seed, configs, extra, echo=False, teacher_weights=teacher_weights)
+        if args.one_teacher and teacher_weights is None:
+            teacher_weights = results["teacher"]["weights"]
+        per_seed.append(results)
+        line = ", ".join(f"{name} {r['top1']:.4f}/{r['recall_at_1']:.4f}" for name, r in results.items())
+        print(f"seed {seed} ({time.time() - t0:.0f} s), top-1/recall@1: {line}", flush=True)
+
+    names = [name for name, _ in experiment.RUNS]
+    lines = [f"MNIST-5k (4000 train / 1000 val), {args.seeds} seed(s)"
+             + (", one teacher (seed 0) for every seed" if args.one_teacher else ", a teacher per seed")
+             + "; weights of the last iteration; mean ± std (range)", "",
+             "| model | parameters (trained) | top-1 | recall@1 (feature matching) | recall@1 vs teacher gallery "
+             "| top-1 gap closed | train time (s) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name in names:
+        rows = [r[name] for r in per_seed]
+        if name == "teacher" and args.one_teacher:
+            rows = rows[:1]
+        gaps = []
+        for r in per_seed:
+            closed = experiment.gap_closed(r)
+            gaps.append(closed.get(name) if closed else None)
+        first = rows[0]
+        params = f"{first['params']:,}" + (f" ({first['trained_params']:,})"
+                                           if first["trained_params"] != first["params"] else "")
+        gap = summary(gaps) if name in ("KD", "KD + frozen head") else ""
+        times = [r["train_time_s"] for r in rows if r.get("train_time_s") is not None]
+        wall = f"{statistics.mean(times):.0f}" if times else "-"
+        cross = summary([r.get("cross_recall_at_1") for r in rows]) if name != "teacher" else ""
+        lines.append(f"| {name} | {params} | {summary([r['top1'] for r in rows])} | "
+                     f"{summary([r['recall_at_1'] for r in rows])} | {cross} | {gap} | {wall} |")
+    lines += ["", f"total wall time {time.time() - t_start:.0f} s; command: python bench/cls_gain.py "
+              + " ".join(sys.argv[1:] if argv is None else argv)]
+    text = "\n".join(lines)
+    print("\n" + text, flush=True)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(text + "\n")
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump({"per_seed": per_seed, "args": vars(args)}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""The classification distillation experiment, with the package's own commands (demo and benchmark).
+
+For one seed: train the teacher, train the student alone, distil the teacher into the student (KD), distil
+with the teacher's classifier shared and frozen (KD + frozen head), then evaluate the four with
+tools/eval.py (top-1, top-5, recall@1 of feature matching). Every step is the command a user would type;
+it is printed before it runs, its full output kept in a log file. Weights of the last iteration are
+evaluated (best_model/ is picked on the same validation set, so it would flatter every run).
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+PY = sys.executable
+
+CONFIGS = {
+    "teacher": "configs/cls/convnet_teacher_mnist.yml",
+    "student": "configs/cls/convnet_student_mnist.yml",
+    "head_fixed": "configs/cls/convnet_student_mnist_head_fixed.yml",
+}
+RUNS = [("teacher", "teacher"), ("student alone", "student"), ("KD", "kd"), ("KD + frozen head", "kd_head")]
+SHOW = ("[TRAIN]", "[EVAL]", "error", "Error", "Traceback", "head_from_teacher", "embedding_projection")
+
+
+def run(cmd, log_path, show=SHOW, echo=True, every=5):
+    """Run a command from the repository root; print it, stream some of its lines, keep all in log_path."""
+    if echo:
+        print("$ " + " ".join(cmd), flush=True)
+    t0 = time.time()
+    shown = 0
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout:
+            log.write(line)
+            if echo and any(s in line for s in show):
+                if "[TRAIN]" in line:
+                    shown += 1
+                    if shown % every:
+                        continue
+                print("    " + line.rstrip()[:170], flush=True)
+        code = proc.wait()
+    if code != 0:
+        with open(log_path) as f:
+            tail = f.read()[-3000:]
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {code}); the full output is in {log_path}:\n{tail}")
+    return time.time() - t0
+
+
+def last_checkpoint(run_dir):
+    iters = [int(n[5:]) for n in os.listdir(run_dir) if n.startswith("iter_") and n[5:].isdigit()]
+    if not iters:
+        raise RuntimeError(f"no checkpoint in {run_dir}")
+    return os.path.join(run_dir, f"iter_{max(iters)}", "model.pdparams")
+
+
+def count_parameters(run_dir, head_frozen=False):
+    import paddle
+    state = paddle.load(last_checkpoint(run_dir))
+    total = sum(int(v.size) for k, v in state.items() if not k.endswith(("_mean", "_variance")))
+    head = sum(int(v.size) for k, v in state.items() if k.startswith("head."))
+    return total, (total - head if head_frozen else total)
+
+
+def run_seed(out, seed, configs=None, extra=(), log_iters=100, echo=True, teacher_weights=None):
+    """Train and evaluate the four models of one seed under out/; returns {run name: metrics + time}."""
+    configs = dict(CONFIGS, **(configs or {}))
+    runs_dir, logs = os.path.join(out, "runs"), os.path.join(out, "logs")
+    os.makedirs(runs_dir, exist_ok=True)
+    os.makedirs(logs, exist_ok=True)
+    common = ["--seed", str(seed), "--log_iters", str(log_iters), "--save_interval", "100000"] + list(extra)
+    dirs = {key: os.path.join(runs_dir, key) for _, key in RUNS}
+    times = {}
+    if teacher_weights is None:
+        if echo:
+            print("== teacher", flush=True)
+        times["teacher"] = run([PY, "tools/train.py", "--config", configs["teacher"], "--save_dir", dirs["teacher"]]
+                               + common, os.path.join(logs, "teacher.log"), echo=echo)
+        teacher_weights = last_checkpoint(dirs["teacher"])
+    if echo:
+        print("== student alone", flush=True)
+    times["student"] = run([PY, "tools/train.py", "--config", configs["student"], "--save_dir", dirs["student"]]
+                           + common, os.path.join(logs, "student.log"), echo=echo)
+    for key, cfg, title in (("kd", configs["student"], "KD (CE + KL on the logits)"),
+                            ("kd_head", configs["head_fixed"], "KD + the teacher's classifier, shared and frozen")):
+        if echo:
+            print(f"== {title}", flush=True)
+        times[key] = run([PY, "slim/distill/distill_train.py", "--teacher_config", configs["teacher"],
+                          "--student_config", cfg, "--teacher_pretrained", teacher_weights, "--save_dir", dirs[key]]
+                         + common, os.path.join(logs, f"{key}.log"), echo=echo)
+    if echo:
+        print("== evaluation (tools/eval.py)", flush=True)
+    results = {}
+    cfg_of = {"teacher": configs["teacher"], "student": configs["student"], "kd": configs["student"],
+              "kd_head": configs["head_fixed"]}
+    for name, key in RUNS:
+        if key == "teacher" and "teacher" not in times:
+            weights, run_dir = teacher_weights, os.path.dirname(os.path.dirname(teacher_weights))
+        else:
+            weights, run_dir = last_checkpoint(dirs[key]), dirs[key]
+        metrics_path = os.path.join(out, f"eval_{key}.json")
+        run([PY, "tools/eval.py", "--config", cfg_of[key], "--model_path", weights, "--save_json", metrics_path,
+             "--save_dir", os.path.join(out, "features", key)], os.path.join(logs, f"eval_{key}.log"), echo=echo)
+        with open(metrics_path) as f:
+            metrics = json.load(f)
+        total, trained = count_parameters(run_dir, head_frozen=(key == "kd_head"))
+        results[name] = dict(metrics, train_time_s=times.get(key), params=total, trained_params=trained,
+                             weights=weights, cross_recall_at_1=cross_recall(out, key))
+    return results
+
+
+def cross_recall(out, key):
+    """recall@1 of this model's val queries against the teacher's val gallery (None when the embeddings
+    have different widths: only a student that shares the teacher's embedding space can be matched)."""
+    import numpy as np
+    from .metrics import recall_at_1
+    teacher = np.load(os.path.join(out, "features", "teacher", "val_embeddings.npy"))
+    mine = np.load(os.path.join(out, "features", key, "val_embeddings.npy"))
+    if mine.shape != teacher.shape:
+        return None
+    labels = np.load(os.path.join(out, "features", key, "val_labels.npy"))
+    return recall_at_1(mine, labels, gallery_embeddings=teacher)[0]
+
+
+def gap_closed(results, metric="top1"):
+    """(distilled - alone) / (teacher - alone) for KD and KD + frozen head, or None without a gap."""
+    t, s = results["teacher"][metric], results["student alone"][metric]
+    if t - s <= 0:
+        return None
+    return {k: (results[k][metric] - s) / (t - s) for k in ("KD", "KD + frozen head")}
+
+
+def table(results, title):
+    lines = [title, "", "| model | parameters (trained) | top-1 | top-5 | recall@1 | recall@1 vs teacher gallery "
+             "| train time (s) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, _ in RUNS:
+        r = results[name]
+        params = f"{r['params']:,}" + (f" ({r['trained_params']:,})" if r["trained_params"] != r["params"] else "")
+        t = f"{r['train_time_s']:.0f}" if r.get("train_time_s") is not None else "-"
+        cross = f"{r['cross_recall_at_1']:.4f}" if r.get("cross_recall_at_1") is not None and name != "teacher" else "-"
+        lines.append(f"| {name} | {params} | {r['top1']:.4f} | {r['top5']:.4f} | {r['recall_at_1']:.4f} | {cross} "
+                     f"| {t} |")
+    closed = gap_closed(results)
+    if closed:
+        lines += ["", "share of the teacher-student top-1 gap closed: "
+                  + ", ".join(f"{k} {v:+.0%}" for k, v in closed.items())]
+    return "\n".join(lines)
+
+
+def demo(args, out):
+    """`make demo-cls` (tools/demo.py cls): prepare MNIST, the four runs of one seed, evaluation, table."""
+    import shutil
+    if os.path.isdir(os.path.join(out, "runs")):
+        shutil.rmtree(os.path.join(out, "runs"))  # this folder belongs to the demo; each demo run starts afresh
+    os.makedirs(os.path.join(out, "logs"), exist_ok=True)
+    print(f"== Classification + feature matching: MNIST-5k, ConvNet teacher -> tiny ConvNet student "
+          f"(outputs in {out})", flush=True)
+    t0 = time.time()
+    run([PY, "tools/prepare_data.py", "mnist", "--out", "data/mnist"], os.path.join(out, "logs", "prepare.log"))
+    extra = ["--iters", "4"] if args.quick else []
+    results = run_seed(out, args.seed, extra=extra, log_iters=2 if args.quick else 100)
+    title = (f"MNIST-5k (4000 train / 1000 val), seed {args.seed}; weights of the last iteration; recall@1 = "
+             f"cosine nearest neighbour of each val query in a gallery of half of each val class")
+    text = table(results, title)
+    text += (f"\n\nconfigs: {CONFIGS['teacher']}, {CONFIGS['student']}, {CONFIGS['head_fixed']}; one seed "
+             f"(`python bench/cls_gain.py --seeds 3` gives the mean and spread); total {time.time() - t0:.0f} s")
+    print("\n" + text, flush=True)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(text + "\n")
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump({"results": results, "seed": args.seed}, f, indent=1)
+    print(f"\nwrote {os.path.join(out, 'results.md')} and results.json; embeddings in {os.path.join(out, 'features')}",
+          flush=True)
+    return 0
