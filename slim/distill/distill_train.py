@@ -4,6 +4,8 @@
         --do_eval --use_vdl --save_interval 250 --seed 0 --save_dir output/distill
     python -m paddle.distributed.launch --nproc_per_node 2 slim/distill/distill_train.py ...
 
+    python slim/distill/distill_train.py --pipeline configs/depth/seeds000_flow.yml   # stages (seeds/000)
+
 The task (segmentation, detection, classification) is read from the student config. The teacher's
 weights come from its `model.pretrained` (or --teacher_pretrained). Distillation terms come from the
 student config's `distill_loss` (on logits) and `distill:` pairs, and from the adaptors and
@@ -27,6 +29,8 @@ def parse_args(argv=None):
     p.add_argument("--teacher_pretrained", default=None, help="teacher weights (overrides model.pretrained)")
     p.add_argument("--allow_untrained_teacher", action="store_true",
                    help="run with a randomly initialised teacher (pipeline tests only)")
+    p.add_argument("--pipeline", default=None, metavar="P.yml",
+                   help="run a pipeline of stages instead (see slim/engine/pipeline.py; `--pipeline P.yml --help`)")
     launch.add_common_flags(p)
     return p.parse_args(argv)
 
@@ -49,6 +53,10 @@ def distill_pairs(task, cfg):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a == "--pipeline" or a.startswith("--pipeline=") for a in argv):
+        from slim.engine import pipeline  # stages of training from one yaml (slim/engine/pipeline.py)
+        return pipeline.main(argv)
     args = parse_args(argv)
     launch.setup_process(args)
     task, cfg = launch.load_task_config(args.student_config, launch.flag_overrides(args, args.student_config))
