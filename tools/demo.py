@@ -1,6 +1,9 @@
 """The main distillation job, end to end, with the package's own commands: `make demo`.
 
     python tools/demo.py seg [--out output/demo] [--seed 0] [--quick]
+    python tools/demo.py cls [--out output/demo-cls] [--seed 0] [--quick]   (slim/tasks/cls/experiment.py)
+    python tools/demo.py depth [--out output/demo-depth] [--seed 0] [--quick]   (slim/depth/experiment.py)
+    python tools/demo.py det [--out output/demo-det] [--seed 0] [--quick]   (slim/tasks/det/experiment.py)
 
 Segmentation (nuclei): prepare the data, train the teacher, train the student alone, distil the
 teacher into the student, evaluate all three with tools/eval.py, then print a table and write it
@@ -28,6 +31,12 @@ DEMOS = {
         "eval_interval": {"teacher": 100, "student": 25},
         "extra_metrics": ["Acc", "Kappa", "Dice"],
     },
+    # classification runs four models (teacher, student alone, KD, KD + frozen shared head): its own pipeline
+    "cls": {"runner": "slim.tasks.cls.experiment", "out": "output/demo-cls"},
+    # depth distillation (nuclei): 14-block teacher, 7-block students alone / KD / cut at once / progressive
+    "depth": {"runner": "slim.depth.experiment", "out": "output/demo-depth"},
+    # detection (tree crowns, seeds/004's workflow): teacher, student alone, distilled; eval table and predictions
+    "det": {"runner": "slim.tasks.det.experiment", "out": "output/demo-det"},
 }
 
 
@@ -91,6 +100,10 @@ def main():
     p.add_argument("--quick", action="store_true", help="a few iterations of each step (checks the pipeline)")
     args = p.parse_args()
     demo = DEMOS[args.task]
+    if "runner" in demo:
+        import importlib
+        sys.path.insert(0, ROOT)
+        return importlib.import_module(demo["runner"]).demo(args, os.path.abspath(args.out or os.path.join(ROOT, demo["out"])))
     out = os.path.abspath(args.out or os.path.join(ROOT, "output", "demo"))
     runs_dir = os.path.join(out, "runs")
     if os.path.isdir(runs_dir):
