@@ -12,21 +12,18 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
+import shutil
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PY = sys.executable
+sys.path.insert(0, ROOT)
+
+from slim.engine import commands  # noqa: E402
+from slim.engine.commands import PY  # noqa: E402
 
 
 def run(cmd, log):
-    t0 = time.time()
-    with open(log, "w") as f:
-        code = subprocess.call(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
-    if code:
-        sys.exit(f"failed (exit {code}): {' '.join(cmd)}; see {log}")
-    return time.time() - t0
+    return commands.run(cmd, log, echo=False)
 
 
 def evaluate(cfg, weights, out_json, log):
@@ -61,7 +58,7 @@ def main():
         runs = {k: os.path.join(out, f"seed{seed}", k.replace(" ", "_")) for k in rows}
         for path in runs.values():
             if os.path.isdir(path):
-                subprocess.call(["rm", "-rf", path])
+                shutil.rmtree(path)
         common = ["--seed", str(seed), "--do_eval", "--log_iters", "1000", "--save_interval", "100000"]
         logs = os.path.join(out, f"seed{seed}")
         os.makedirs(logs, exist_ok=True)
@@ -105,4 +102,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(commands.main_guard(main))

@@ -14,12 +14,13 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PY = sys.executable
+sys.path.insert(0, ROOT)
+
+from slim.engine import commands  # noqa: E402
+from slim.engine.commands import PY  # noqa: E402
 
 DEMOS = {
     "seg": {
@@ -40,21 +41,12 @@ DEMOS = {
 }
 
 
-def run(cmd, log_path, show=("[TRAIN]", "[EVAL] #Images", "Class IoU", "error", "Error", "best", "wrote", "already", "Traceback")):
+SHOW = ("[TRAIN]", "[EVAL] #Images", "Class IoU", "error", "Error", "best", "wrote", "already", "Traceback")
+
+
+def run(cmd, log_path):
     """Run a command, stream the lines worth seeing, keep the whole output in log_path."""
-    print("$ " + " ".join(cmd), flush=True)
-    t0 = time.time()
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for line in proc.stdout:
-            log.write(line)
-            if any(s in line for s in show):
-                print("    " + line.rstrip()[-160:], flush=True)
-        code = proc.wait()
-    if code != 0:
-        print(f"failed (exit {code}); the full output is in {log_path}", file=sys.stderr)
-        sys.exit(code)
-    return time.time() - t0
+    return commands.run(cmd, log_path, show=SHOW, width=160)
 
 
 def read_history(path):
@@ -102,8 +94,8 @@ def main():
     demo = DEMOS[args.task]
     if "runner" in demo:
         import importlib
-        sys.path.insert(0, ROOT)
-        return importlib.import_module(demo["runner"]).demo(args, os.path.abspath(args.out or os.path.join(ROOT, demo["out"])))
+        runner = importlib.import_module(demo["runner"])
+        return runner.demo(args, os.path.abspath(args.out or os.path.join(ROOT, demo["out"])))
     out = os.path.abspath(args.out or os.path.join(ROOT, "output", "demo"))
     runs_dir = os.path.join(out, "runs")
     if os.path.isdir(runs_dir):
@@ -167,4 +159,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(commands.main_guard(main))

@@ -18,48 +18,19 @@ this process: median of N forwards of the same 1x3x256x256 input, the models tak
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
+from functools import partial
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PY = sys.executable
+from slim.engine import commands
+from slim.engine.commands import PY, ROOT, last_checkpoint
 CONFIGS = {"teacher": "configs/depth/segformer_mscan_d14_nuclei.yml",
            "student": "configs/depth/segformer_mscan_d7_nuclei.yml",
            "pipeline": "configs/depth/nuclei_progressive.yml"}
 VARIANTS = [("student alone", "alone"), ("KD (direct)", "kd"), ("cut at once + fine-tune", "cut_at_once"),
             ("progressive removal (pipeline)", "progressive")]
 SHOW = ("[TRAIN]", "[EVAL] #Images", "== stage", "cut checked", "remove factor a = 0 ", "error", "Error", "Traceback")
-
-
-def run(cmd, log_path, echo=True, every=4):
-    """Run a command from the repository root; print it and some progress lines, keep everything in log_path."""
-    if echo:
-        print("$ " + " ".join(cmd), flush=True)
-    t0, shown = time.time(), 0
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for line in proc.stdout:
-            log.write(line)
-            if echo and any(s in line for s in SHOW):
-                if "[TRAIN]" in line:
-                    shown += 1
-                    if shown % every:
-                        continue
-                print("    " + line.rstrip()[-170:], flush=True)
-        code = proc.wait()
-    if code != 0:
-        with open(log_path) as f:
-            tail = f.read()[-3000:]
-        raise RuntimeError(f"{' '.join(cmd)} failed (exit {code}); the full output is in {log_path}:\n{tail}")
-    return time.time() - t0
-
-
-def last_checkpoint(run_dir):
-    iters = [int(n[5:]) for n in os.listdir(run_dir) if n.startswith("iter_") and n[5:].isdigit()]
-    if not iters:
-        raise RuntimeError(f"no checkpoint in {run_dir}")
-    return os.path.join(run_dir, f"iter_{max(iters)}", "model.pdparams")
+run = partial(commands.run, show=SHOW, every=4)
 
 
 def pipeline_output(run_dir):
@@ -81,7 +52,7 @@ def train_teacher(out, seed, quick=False, echo=True):
     run_dir = os.path.join(out, "teacher")
     t = run([PY, "tools/train.py", "--config", CONFIGS["teacher"], "--save_dir", run_dir, "--seed", str(seed),
              "--log_iters", "50", "--save_interval", "100000"] + (["--iters", "4"] if quick else []),
-            os.path.join(out, "logs", "teacher.log"), echo)
+            os.path.join(out, "logs", "teacher.log"), echo=echo)
     return last_checkpoint(run_dir), t
 
 
@@ -109,14 +80,14 @@ def train_students(out, seed, budget, teacher_weights, echo=True):
                 ["stages.0.remove_iters=0"] if key == "cut_at_once" else [])
             cmd = [PY, "slim/distill/distill_train.py", "--pipeline", CONFIGS["pipeline"], "--save_dir", run_dir] \
                 + common + ["-o"] + opts
-        t = run(cmd, log, echo)
+        t = run(cmd, log, echo=echo)
         weights = pipeline_output(run_dir) if key in ("cut_at_once", "progressive") else last_checkpoint(run_dir)
         results[key] = (weights, t)
     return results
 
 
 def evaluate(config, weights, out_json, log, echo=True):
-    run([PY, "tools/eval.py", "--config", config, "--model_path", weights, "--save_json", out_json], log, echo)
+    run([PY, "tools/eval.py", "--config", config, "--model_path", weights, "--save_json", out_json], log, echo=echo)
     with open(out_json) as f:
         return json.load(f)
 
@@ -174,7 +145,7 @@ def experiment(out, seeds, budgets, quick=False, echo=True, latency_runs=25, tea
     evals = os.path.join(out, "eval")
     os.makedirs(evals, exist_ok=True)
     t0 = time.time()
-    run([PY, "tools/prepare_data.py", "nuclei", "--out", "data/nuclei"], os.path.join(out, "logs", "prepare.log"), echo)
+    run([PY, "tools/prepare_data.py", "nuclei", "--out", "data/nuclei"], os.path.join(out, "logs", "prepare.log"), echo=echo)
     if echo:
         print("== teacher (14 blocks)", flush=True)
     teacher_weights, teacher_time = train_teacher(out, teacher_seed, quick, echo)

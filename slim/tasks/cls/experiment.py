@@ -8,12 +8,11 @@ evaluated (best_model/ is picked on the same validation set, so it would flatter
 """
 import json
 import os
-import subprocess
-import sys
 import time
+from functools import partial
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-PY = sys.executable
+from slim.engine import commands
+from slim.engine.commands import PY, last_checkpoint
 
 CONFIGS = {
     "teacher": "configs/cls/convnet_teacher_mnist.yml",
@@ -22,37 +21,7 @@ CONFIGS = {
 }
 RUNS = [("teacher", "teacher"), ("student alone", "student"), ("KD", "kd"), ("KD + frozen head", "kd_head")]
 SHOW = ("[TRAIN]", "[EVAL]", "error", "Error", "Traceback", "head_from_teacher", "embedding_projection")
-
-
-def run(cmd, log_path, show=SHOW, echo=True, every=5):
-    """Run a command from the repository root; print it, stream some of its lines, keep all in log_path."""
-    if echo:
-        print("$ " + " ".join(cmd), flush=True)
-    t0 = time.time()
-    shown = 0
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for line in proc.stdout:
-            log.write(line)
-            if echo and any(s in line for s in show):
-                if "[TRAIN]" in line:
-                    shown += 1
-                    if shown % every:
-                        continue
-                print("    " + line.rstrip()[:170], flush=True)
-        code = proc.wait()
-    if code != 0:
-        with open(log_path) as f:
-            tail = f.read()[-3000:]
-        raise RuntimeError(f"{' '.join(cmd)} failed (exit {code}); the full output is in {log_path}:\n{tail}")
-    return time.time() - t0
-
-
-def last_checkpoint(run_dir):
-    iters = [int(n[5:]) for n in os.listdir(run_dir) if n.startswith("iter_") and n[5:].isdigit()]
-    if not iters:
-        raise RuntimeError(f"no checkpoint in {run_dir}")
-    return os.path.join(run_dir, f"iter_{max(iters)}", "model.pdparams")
+run = partial(commands.run, show=SHOW, every=5)
 
 
 def count_parameters(run_dir, head_frozen=False):
