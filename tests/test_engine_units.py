@@ -90,3 +90,13 @@ def test_optimizer_state_survives_other_parameter_names():
     opt2.set_state_dict(restore_optimizer_state(saved, list(net2.named_parameters())))
     velocity = [v for k, v in opt2.state_dict().items() if k.startswith(net2.weight.name)]
     np.testing.assert_allclose(velocity[0].numpy(), np.ones((3, 2)))
+
+
+def test_count_macs_counts_convolutions_and_linears_and_restores_train_mode():
+    import paddle.nn as nn
+    from slim.engine.analysis import count_macs
+    model = nn.Sequential(nn.Conv2D(3, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 4 * 4, 10))
+    model.train()
+    # conv: 8 x 4 x 4 outputs, each 3 x 3 x 3 multiply-adds; linear: 10 outputs of 128 inputs
+    assert count_macs(model, paddle.randn([1, 3, 4, 4])) == 8 * 16 * 27 + 128 * 10
+    assert model.training

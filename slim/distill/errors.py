@@ -27,3 +27,17 @@ class ShapeMismatchError(ConfigError):
 
 class NonFiniteLossError(SlimError, FloatingPointError):
     """A loss term became NaN or infinite; the message names the term and its inputs."""
+
+
+def build_registered(registry, name, args, what, where=None):
+    """registry[name](**args), or a ConfigError that says where (e.g. "train_dataset"), names `what` (e.g.
+    "dataset type") and lists the known names for an unknown one, the given arguments for bad arguments."""
+    prefix = f"{where}: " if where else ""
+    if name not in registry:
+        unknown = f"{prefix}unknown" if where else "Unknown"
+        raise ConfigError(f"{unknown} {what} {name!r}; known: {', '.join(sorted(registry))}.")
+    try:
+        return registry[name](**args)
+    except TypeError as e:
+        raise ConfigError(f"{prefix}could not build {what} {name} from {sorted(args)}: {e}"
+                          if where else f"Could not build {what} {name} from {sorted(args)}: {e}") from None

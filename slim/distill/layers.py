@@ -35,6 +35,13 @@ def list_layers(model, *inputs, **kwargs):
             row["output_shapes"] = _shapes(out)
 
         handles.append(layer.register_forward_post_hook(hook))
+    forward_with_hooks(model, handles, *inputs, **kwargs)
+    return rows
+
+
+def forward_with_hooks(model, handles, *inputs, **kwargs):
+    """One eval-mode, no-grad forward of model; then the hooks of `handles` are removed and the model's
+    train/eval mode restored, whatever happens."""
     training = model.training
     model.eval()
     try:
@@ -45,7 +52,6 @@ def list_layers(model, *inputs, **kwargs):
             handle.remove()
         if training:
             model.train()
-    return rows
 
 
 def _fmt_shapes(shapes):

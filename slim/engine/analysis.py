@@ -1,8 +1,8 @@
 """Parameter and multiply-accumulate counts of a model, from one forward with hooks (any input type)."""
-import paddle
 import paddle.nn as nn
 
 from slim.distill.adaptor import unwrap
+from slim.distill.layers import forward_with_hooks
 
 
 def count_parameters(model):
@@ -30,16 +30,7 @@ def count_macs(model, *inputs, **kwargs):
             handles.append(layer.register_forward_post_hook(conv_hook))
         elif isinstance(layer, nn.Linear):
             handles.append(layer.register_forward_post_hook(linear_hook))
-    training = model.training
-    model.eval()
-    try:
-        with paddle.no_grad():
-            model(*inputs, **kwargs)
-    finally:
-        for h in handles:
-            h.remove()
-        if training:
-            model.train()
+    forward_with_hooks(model, handles, *inputs, **kwargs)
     return total[0]
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import paddle
 from PIL import Image
 
-from slim.distill.errors import ConfigError
+from slim.distill.errors import ConfigError, build_registered
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 
@@ -174,12 +174,7 @@ def build_transform(cfg):
     name = args.pop("type")
     if name in _SKIPPED:
         return None
-    if name not in TRANSFORMS:
-        raise ConfigError(f"Unknown classification transform {name!r}; known: {', '.join(sorted(TRANSFORMS))}")
-    try:
-        return TRANSFORMS[name](**args)
-    except TypeError as e:
-        raise ConfigError(f"Could not build transform {name} from {args}: {e}") from None
+    return build_registered(TRANSFORMS, name, args, "classification transform")
 
 
 class Compose:
@@ -317,12 +312,7 @@ def build_dataset(ds_cfg, where="dataset"):
         if old in cfg:
             cfg[new] = cfg.pop(old)
     kind = cfg.pop("type", None) or cfg.pop("name", None)
-    if kind not in DATASETS:
-        raise ConfigError(f"{where}: unknown dataset type {kind!r}; use one of {', '.join(sorted(DATASETS))}.")
-    try:
-        return DATASETS[kind](**cfg)
-    except TypeError as e:
-        raise ConfigError(f"{where}: could not build {kind} from {sorted(cfg)}: {e}") from None
+    return build_registered(DATASETS, kind, cfg, "dataset type", where)
 
 
 def cls_collate(samples):

@@ -28,7 +28,7 @@ import paddle.nn.functional as F
 
 from slim.distill.adaptor import LayerRef, unwrap
 from slim.distill.config import register_config_keys
-from slim.distill.errors import ConfigError
+from slim.distill.errors import ConfigError, build_registered
 from slim.tasks.base import TaskBase
 from . import data as cls_data
 from .metrics import classification_metrics, eval_line, gallery_mask
@@ -74,12 +74,7 @@ class ClsLoss:
         for t in types:
             args = dict(t) if isinstance(t, dict) else {"type": t}
             name = args.pop("type", None)
-            if name not in LOSSES:
-                raise ConfigError(f"Unknown classification loss {name!r}; known: {', '.join(sorted(LOSSES))}.")
-            try:
-                self.losses.append(LOSSES[name](**args))
-            except TypeError as e:
-                raise ConfigError(f"Could not build {name} from {args}: {e}") from None
+            self.losses.append(build_registered(LOSSES, name, args, "classification loss"))
             self.names.append(name if name not in self.names else f"{name}_{len(self.names)}")
 
     def __call__(self, logits, batch):
