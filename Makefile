@@ -34,7 +34,7 @@ demo-cls: install
 demo-depth: install
 	$(BIN)/python tools/demo.py depth --out output/demo-depth
 
-# Detection (tree crowns, seeds/004's workflow on a CPU-sized pair): teacher, student alone, distilled student,
+# Detection (tree crowns, PaddleDetection's YOLOv3 distillation workflow on a CPU-sized pair): teacher, student alone, distilled student,
 # VOC mAP@0.5 table and sample predictions in output/demo-det/ (about 20-30 min on 2 cores).
 .PHONY: demo-det
 demo-det: install

@@ -1,4 +1,4 @@
-"""Pipelines of stages end to end on tiny real data: the seeds/000 flow, resume, errors, the prune tool."""
+"""Pipelines of stages end to end on tiny real data: the multi-stage flow, resume, errors, the prune tool."""
 import json
 import os
 import subprocess

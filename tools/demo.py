@@ -36,7 +36,7 @@ DEMOS = {
     "cls": {"runner": "slim.tasks.cls.experiment", "out": "output/demo-cls"},
     # depth distillation (nuclei): 14-block teacher, 7-block students alone / KD / cut at once / progressive
     "depth": {"runner": "slim.depth.experiment", "out": "output/demo-depth"},
-    # detection (tree crowns, seeds/004's workflow): teacher, student alone, distilled; eval table and predictions
+    # detection (tree crowns, PaddleDetection's YOLOv3 distillation workflow): teacher, student alone, distilled; eval table and predictions
     "det": {"runner": "slim.tasks.det.experiment", "out": "output/demo-det"},
 }
 

@@ -1,4 +1,4 @@
-"""Depth distillation for any model whose blocks sit in a LayerList or Sequential (seeds/000).
+"""Depth distillation for any model whose blocks sit in a LayerList or Sequential (MixFormerV2-style).
 
 - blocks.py   find block lists by name, validate removals, cut removed blocks out of a state dict
 - removal.py  progressive removal (blocks fade into identities on a cosine schedule), layer pairs

@@ -1,4 +1,4 @@
-"""Train only named parts of a model (seeds/000's last stage: a small head on a frozen model).
+"""Train only named parts of a model (the last stage of MixFormerV2-style training: a small head on a frozen model).
 
     freeze: ["*"]                   # patterns over parameter names (fnmatch); a bare name is a prefix:
     trainable: [decode_head.cls_seg] #   `head` means `head` and everything under `head.`

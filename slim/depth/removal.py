@@ -1,4 +1,4 @@
-"""Progressive layer removal (seeds/000, stage 2): blocks fade into identities while the model trains.
+"""Progressive layer removal (MixFormerV2's deep-to-shallow stage): blocks fade into identities while the model trains.
 
 Each block to remove computes `y = x + a * (block(x) - x)` = `a * block(x) + (1 - a) * x`; for a residual
 block `x + f(x)` that is `x + a * f(x)`, its residual branch scaled by `a`. The factor decays by cosine

@@ -4,7 +4,7 @@
         --do_eval --use_vdl --save_interval 250 --seed 0 --save_dir output/distill
     python -m paddle.distributed.launch --nproc_per_node 2 slim/distill/distill_train.py ...
 
-    python slim/distill/distill_train.py --pipeline configs/depth/seeds000_flow.yml   # stages (seeds/000)
+    python slim/distill/distill_train.py --pipeline configs/depth/multistage_flow.yml   # stages
 
 The task (segmentation, detection, classification) is read from the student config. The teacher's
 weights come from its `model.pretrained` (or --teacher_pretrained). Distillation terms come from the

@@ -104,7 +104,7 @@ def _fmt_number(value):
 
 
 def run_folder_name(task, cfg, teacher_cfg=None, pairs=()):
-    """output/<teacher>-<student>-<losses>/<lr>_<optimizer>_<schedule>_<length>_<warmup>_bs<N> (seeds/002)."""
+    """output/<teacher>-<student>-<losses>/<lr>_<optimizer>_<schedule>_<length>_<warmup>_bs<N>."""
     student = task.run_name(cfg)
     if teacher_cfg is not None:
         losses = []

@@ -1,6 +1,6 @@
-"""Pipelines of training stages, one yaml, one command (seeds/000: distil, remove, cut, fine-tune, head).
+"""Pipelines of training stages, one yaml, one command (MixFormerV2-style: distil, remove, cut, fine-tune, head).
 
-    python slim/distill/distill_train.py --pipeline configs/depth/seeds000_flow.yml --seed 0
+    python slim/distill/distill_train.py --pipeline configs/depth/multistage_flow.yml --seed 0
     python -m paddle.distributed.launch --nproc_per_node 2 slim/distill/distill_train.py --pipeline P.yml ...
 
     save_dir: output/depth/flow              # default of --save_dir
@@ -10,7 +10,7 @@
         teacher: {config: T.yml, weights: output/large/iter_600/model.pdparams}
         student: configs/depth/segformer_mscan_d14_nuclei.yml
         iters: 600
-      - name: remove                         # seeds/000 stage 2: blocks fade into identities
+      - name: remove                         # MixFormerV2's stage 2: blocks fade into identities
         teacher: previous                    # the student of the stage before, with its final weights
         student: configs/depth/segformer_mscan_d14_nuclei.yml
         init: teacher                        # previous | teacher | {stage: NAME} | a .pdparams path

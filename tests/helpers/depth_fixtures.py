@@ -44,7 +44,7 @@ def make_depth_configs(root, crop=64):
 
 
 def flow_pipeline(root, configs, iters=4, **overrides):
-    """The seeds/000 flow on the tiny models: distil (deep), remove + cut, fine-tune (shallow), head only."""
+    """The multi-stage flow on the tiny models: distil (deep), remove + cut, fine-tune (shallow), head only."""
     stages = [
         {"name": "distil", "teacher": {"config": configs["deep"]}, "student": configs["deep"], "iters": iters,
          "distill_loss": {"types": [{"type": "KLLoss"}], "coef": [1]}},

@@ -1,4 +1,4 @@
-"""Image classification and feature-matching retrieval, with a frozen shared head (seeds/002)."""
+"""Image classification and feature-matching retrieval, with a frozen shared head."""
 from .models import BACKBONES, Classifier, build_classifier, is_cls_model
 from .task import Task
 

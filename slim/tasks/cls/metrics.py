@@ -2,7 +2,7 @@
 
 - top-k accuracy: the share of samples whose label is among the k highest logits (k is capped at the
   number of classes; ties are broken by class index, lowest first).
-- recall@1 (feature matching, seeds/002): the validation set is split into a gallery and queries,
+- recall@1 (feature matching): the validation set is split into a gallery and queries,
   deterministically: within each class, in dataset order, the first ceil(n/2) samples are the gallery
   and the rest are queries. Each query embedding is matched to the gallery embedding of highest cosine
   similarity; recall@1 is the share of queries whose match has the query's label.

@@ -11,7 +11,7 @@ Every model of this registry is a `Classifier`:
 - `head` is the classifier, a `paddle.nn.Linear(D, num_classes)`; `head_from_teacher: true` copies the
   teacher's into the student and freezes it.
 - `neck` (when `embedding_dim` is given) is Linear + BatchNorm1D + ReLU from the backbone's features to
-  `embedding_dim`: the way to widen a model's embedding (seeds/002 widens its students to 1024).
+  `embedding_dim`: the way to widen a model's embedding (landmark-recognition distillation widens ResNet12 and Swin-tiny students to 1024).
 - `projection` (the student config's top-level `embedding_projection`) is a Linear from the model's own
   embedding to the teacher's width; it is part of the model, saved in its model.pdparams and exported
   with it. `embedding_projection: true` takes the width from the teacher at distillation time and from

@@ -1,4 +1,4 @@
-"""Image classification and feature-matching retrieval (seeds/002), PaddleSeg-style yaml.
+"""Image classification and feature-matching retrieval, PaddleSeg-style yaml.
 
     task: cls                                   # optional: the model type tells it too
     model: {type: ConvNet, channels: [32, 64, 128], embedding_dim: 256, num_classes: 10}
