@@ -19,7 +19,7 @@ install: $(STAMP)
 test: install
 	$(BIN)/python -m pytest -q tests
 
-# The main distillation job: segmentation of nuclei, teacher -> student, about 15 minutes on 2 CPU cores.
+# The main distillation job: segmentation of nuclei, teacher -> student, about 7 minutes on 2 CPU cores.
 demo: install
 	$(BIN)/python tools/demo.py seg --out output/demo
 
