@@ -25,6 +25,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from slim.engine import commands  # noqa: E402
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 from slim.tasks.cls import experiment  # noqa: E402
@@ -107,4 +109,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(commands.main_guard(main))

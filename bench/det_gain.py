@@ -9,12 +9,12 @@ What it measures, by default (say so when quoting it): the tree-crown tiles of t
 trained FROM SCRATCH on CPU (no pretrained backbone exists offline), VOC mAP@0.5 (11-point) of the weights
 of the last iteration on the validation tiles (no best-checkpoint picking on the set we report).
 The pair is PP-YOLO-Tiny-shaped: a MobileNetV3-large-x0.5 teacher (1.0M parameters) and a
-MobileNetV3-small-x0.35 student (0.17M), the distillation of seeds/004 (L2 on the three YOLOv3 head
+MobileNetV3-small-x0.35 student (0.17M), PaddleDetection's YOLOv3 distillation (L2 on the three YOLOv3 head
 outputs). The teacher is trained once (seed 0, --teacher_iters); the student alone and the distilled
 student run the same schedule (--iters) for each seed; the table gives mean and spread (sample standard
-deviation) over seeds, and every run. This is not seeds/004's setting (VOC, ImageNet-pretrained
-backbones, 90k iterations on 4 GPUs): the seeds/004 pair's configs are shipped for that; on this CPU
-they cannot be trained to a useful mAP in the time of a benchmark (see /work/shared/DEPS.md).
+deviation) over seeds, and every run. This is not PaddleDetection's setting (VOC, ImageNet-pretrained
+backbones, 90k iterations on 4 GPUs): the configs of its ResNet34 -> MobileNetV1 pair are shipped for that; on this CPU
+they cannot be trained to a useful mAP in the time of a benchmark.
 """
 import argparse
 import json
@@ -25,6 +25,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from slim.engine import commands  # noqa: E402
 from slim.tasks.det.experiment import (STUDENT, TEACHER, evaluate, fresh, last_checkpoint, mean_sd,  # noqa: E402
                                        prepare, train)
 
@@ -118,4 +119,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(commands.main_guard(main))

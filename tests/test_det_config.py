@@ -244,3 +244,25 @@ def test_perfect_predictions_score_one_in_voc_and_coco(trees_data, tmp_path):
     dataset = task.build_dataset(cfg, "train")
     batch = task.collate_fn("train")([dataset[0], dataset[1]])
     assert list(batch["image"].shape) == [2, 3, 64, 64] and "target2" in batch
+
+
+def test_cosine_holds_its_minimum_when_the_run_outlasts_max_epochs(trees_data):
+    # paddle's CosineAnnealingDecay climbs back to the base lr after T_max; ppdet's CosineDecay stays at
+    # its minimum. A 40-epoch cosine (10 iterations per epoch) run for 600 iterations went 0 -> 0.001 again.
+    task, cfg = launch.load_task_config(STUDENT, on(trees_data) + [
+        "iters=60", "LearningRate.schedulers.0.type=CosineDecay", "LearningRate.schedulers.0.max_epochs=3",
+        "LearningRate.schedulers.0.min_lr_ratio=0.1", "LearningRate.schedulers.1.steps=5"])
+    s = task.training_settings(cfg)  # 10 iterations per epoch: 30 - 5 warm-up = 25 cosine iterations
+    schedule = build_lr_scheduler(s, 60, 10)
+    values = []
+    for _ in range(60):
+        values.append(schedule())
+        schedule.step()
+    base = s["lr_scheduler"]["learning_rate"]
+    assert values[5] == pytest.approx(base) and values[30] == pytest.approx(0.1 * base)
+    assert all(a >= b - 1e-12 for a, b in zip(values[5:], values[6:]))  # never climbs back
+    np.testing.assert_allclose(values[30:], 0.1 * base)
+    # a run within max_epochs keeps paddle's CosineAnnealingDecay
+    task, cfg = launch.load_task_config(STUDENT, on(trees_data) + [
+        "iters=20", "LearningRate.schedulers.0.type=CosineDecay", "LearningRate.schedulers.0.max_epochs=3"])
+    assert task.training_settings(cfg)["lr_scheduler"]["type"] == "CosineAnnealingDecay"

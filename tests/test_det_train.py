@@ -1,4 +1,4 @@
-"""The seeds/004 workflow end to end on tiny real data: train the teacher, distil, resume, eval, infer, export,
+"""PaddleDetection's YOLOv3 distillation workflow end to end on tiny real data: train the teacher, distil, resume, eval, infer, export,
 two processes, and the shipped YOLOv3 R34 -> MobileNetV1 configs."""
 import json
 import os
@@ -142,7 +142,7 @@ def test_two_processes_scale_lr_and_keep_in_step(det):
 
 
 def test_shipped_yolov3_r34_to_mobilenet_v1_pair_distils(det, tmp_path):
-    """seeds/004's configs, with -o overrides for the tiny data and 64 px inputs (seeds/004's `-o` form)."""
+    """The ResNet34 -> MobileNetV1 configs, with -o overrides for the tiny data and 64 px inputs (PaddleDetection's `-o` form)."""
     data = det["data"]
     opts = ["-o", f"TrainDataset.dataset_dir={data}", f"EvalDataset.dataset_dir={data}",
             "TrainDataset.anno_path=train_tiny.txt", "EvalDataset.anno_path=val_tiny.txt",

@@ -1,22 +1,19 @@
-"""`make demo-det` (tools/demo.py det) and bench/det_gain.py: the seeds/004 workflow with the package's commands.
+"""`make demo-det` (tools/demo.py det) and bench/det_gain.py: PaddleDetection's YOLOv3 distillation workflow with the package's commands.
 
 Every step is the command a user would type (tools/prepare_data.py, tools/train.py,
 slim/distill/distill_train.py, tools/eval.py, tools/infer.py), printed before it runs, its [TRAIN] / [EVAL]
 lines shown as they come, its whole output kept under OUT/logs.
 
-The CPU pair (configs/det/ppyolo_tiny_trees_*.yml) is used, not seeds/004's YOLOv3 ResNet34 ->
-MobileNetV1: from scratch on 2 CPU cores those need hours per run (DEPS.md measured 8-17 s per iteration).
+The CPU pair (configs/det/ppyolo_tiny_trees_*.yml) is used, not PaddleDetection's YOLOv3 ResNet34 ->
+MobileNetV1: from scratch on 2 CPU cores those need hours per run.
 """
 import json
 import os
 import shutil
 import statistics
-import subprocess
-import sys
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-PY = sys.executable
+from slim.engine import commands
+from slim.engine.commands import PY, ROOT, last_checkpoint  # noqa: F401  (last_checkpoint: bench/det_gain.py)
 TEACHER = "configs/det/ppyolo_tiny_trees_teacher.yml"
 STUDENT = "configs/det/ppyolo_tiny_trees_student.yml"
 DRAW_THRESHOLD = 0.03  # the demo models score below 0.1: a 0.5 threshold would draw nothing
@@ -25,29 +22,7 @@ SHOW = ("[TRAIN]", "[EVAL] #Images", "[EVAL] Class", "[DATA]", "error", "Error",
 
 def run(cmd, log_path, verbose=True):
     """Run a command from the repository root; stream the lines worth seeing; keep everything in log_path."""
-    print("$ " + " ".join(cmd), flush=True)
-    t0 = time.time()
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", "2")
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        for line in proc.stdout:
-            log.write(line)
-            log.flush()
-            if verbose and any(s in line for s in SHOW):
-                print("    " + line.rstrip()[-170:], flush=True)
-        code = proc.wait()
-    if code != 0:
-        print(f"failed (exit {code}); the whole output is in {log_path}", file=sys.stderr)
-        sys.exit(code)
-    return time.time() - t0
-
-
-def last_checkpoint(run_dir):
-    iters = [int(n[5:]) for n in os.listdir(run_dir) if n.startswith("iter_") and n[5:].isdigit()]
-    if not iters:
-        sys.exit(f"no checkpoint in {run_dir}")
-    return os.path.join(run_dir, f"iter_{max(iters)}", "model.pdparams")
+    return commands.run(cmd, log_path, show=SHOW if verbose else ())
 
 
 def fresh(path):

@@ -7,7 +7,8 @@
       PiecewiseDecay {milestones (epochs), gamma | values}
                                     -> a piecewise-constant schedule; milestones in iterations after warm-up
       CosineDecay {max_epochs, min_lr_ratio}
-                                    -> CosineAnnealingDecay over max_epochs (or the run), eta_min
+                                    -> CosineAnnealingDecay over max_epochs (or the run), eta_min; a run
+                                       longer than max_epochs holds eta_min after them (ppdet's behaviour)
       LinearWarmup {steps | epochs, start_factor}
                                     -> warmup_iters | warmup_epochs, warmup_start_lr = base_lr * start_factor
     OptimizerBuilder.optimizer {type, momentum, ...}, regularizer {type: L2, factor}, clip_grad_by_norm
@@ -15,8 +16,10 @@
     reference_batch_size            -> kept; when absent: TrainReader.batch_size x reference_gpus (default 1)
 
 The trainer scales the learning rate and the warm-up linearly when the run's total batch (per-process
-batch x processes) differs from reference_batch_size (the rule seeds/004 asks users to apply by hand).
+batch x processes) differs from reference_batch_size (the rule PaddleDetection's distillation docs ask users to apply by hand).
 """
+import math
+
 from slim.distill.errors import ConfigError
 
 SCHEDULERS = ("PiecewiseDecay", "CosineDecay", "LinearWarmup")
@@ -32,6 +35,20 @@ def _kind(entry, where):
             return name, dict(args or {})
     raise ConfigError(f"{where}: write each scheduler as `- !PiecewiseDecay {{gamma: 0.1, milestones: [8, 11]}}` "
                       f"(or `- {{type: PiecewiseDecay, ...}}`), got {entry!r}")
+
+
+class CosineFactor:
+    """lr factor of a step: a half cosine from 1 down to `min_ratio` over `steps`, then `min_ratio`
+    (ppdet's CosineDecay holds its last value after max_epochs; paddle's CosineAnnealingDecay would
+    climb back up)."""
+
+    def __init__(self, steps, min_ratio=0.0):
+        self.steps, self.min_ratio = max(int(steps), 1), float(min_ratio)
+
+    def __call__(self, step):
+        if step >= self.steps:
+            return self.min_ratio
+        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * step / self.steps))
 
 
 class PiecewiseFactor:
@@ -104,6 +121,21 @@ def translate_lr(cfg, iters_per_epoch):
     return out
 
 
+def hold_cosine_minimum(lr, settings, iters_per_epoch):
+    """A run longer than CosineDecay's max_epochs holds the minimum lr after it (as ppdet does), instead of
+    following paddle's CosineAnnealingDecay back up to the base lr."""
+    if lr.get("type") != "CosineAnnealingDecay" or "T_max" not in lr:
+        return lr
+    total = int(settings["iters"]) if settings.get("iters") else int(settings.get("epochs", 0)) * iters_per_epoch
+    warm = lr.get("warmup_iters", int(round(lr.get("warmup_epochs", 0) * iters_per_epoch)))
+    if total - warm <= lr["T_max"]:
+        return lr
+    out = {k: v for k, v in lr.items() if k not in ("type", "T_max", "eta_min")}
+    ratio = lr.get("eta_min", 0.0) / lr["learning_rate"] if lr["learning_rate"] else 0.0
+    out.update(type="LambdaDecay", lr_lambda=CosineFactor(lr["T_max"], ratio))
+    return out
+
+
 def translate_optimizer(cfg):
     builder = cfg.get("OptimizerBuilder") or {}
     opt = dict(builder.get("optimizer") or {"type": "Momentum", "momentum": 0.9})
@@ -153,7 +185,7 @@ def training_settings(cfg, iters_per_epoch):
     out.pop("epochs", None)
     out.update(length(cfg))
     if not cfg.get("lr_scheduler"):
-        out["lr_scheduler"] = translate_lr(cfg, iters_per_epoch)
+        out["lr_scheduler"] = hold_cosine_minimum(translate_lr(cfg, iters_per_epoch), out, iters_per_epoch)
         out.pop("learning_rate", None)
     if not cfg.get("optimizer"):
         out["optimizer"] = translate_optimizer(cfg)
