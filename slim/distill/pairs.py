@@ -139,7 +139,8 @@ def _unique(name, taken):
     return name
 
 
-def _check_keys(entry, allowed, where):
+def check_keys(entry, allowed, where):
+    """A ConfigError for keys of `entry` not in `allowed`, each with its nearest allowed key."""
     unknown = [k for k in entry if k not in allowed]
     if unknown:
         hints = []
@@ -155,7 +156,7 @@ def _yaml_pairs(entries, taken):
         where = f"distill pair #{i}"
         if not isinstance(entry, dict):
             raise ConfigError(f"{where} must be a mapping with student, teacher and loss, got {entry!r}")
-        _check_keys(entry, _YAML_PAIR_KEYS, where)
+        check_keys(entry, _YAML_PAIR_KEYS, where)
         for key in ("student", "teacher", "loss"):
             if key not in entry:
                 raise ConfigError(f"{where} has no `{key}`; a pair needs student, teacher and loss")

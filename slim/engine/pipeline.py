@@ -47,7 +47,6 @@ Stages run in order; each hands its weights to the next through SAVE_DIR/pipelin
 same command again continues where it stopped: finished stages are skipped, an interrupted stage resumes
 from its last checkpoint.
 """
-import difflib
 import json
 import os
 import re
@@ -60,7 +59,7 @@ from slim.depth.removal import check_layer_indices
 from slim.distill.adaptor import unwrap
 from slim.distill.config import apply_overrides, parse_yaml_with_bases
 from slim.distill.errors import ConfigError, SlimError
-from slim.distill.pairs import logit_pairs, parse_pairs
+from slim.distill.pairs import check_keys, logit_pairs, parse_pairs
 from . import env, launch
 from .checkpoint import MODEL_FILE, iter_checkpoints, load_model_weights, save_checkpoint
 from .hooks import Hook
@@ -79,16 +78,6 @@ RUN_DEFAULTS = {"seed": None, "save_interval": 1000, "log_iters": 10, "do_eval":
                 "keep_checkpoint_max": 5, "num_workers": 0, "use_vdl": False}
 
 
-def _unknown_keys(entry, allowed, where):
-    unknown = [k for k in entry if k not in allowed]
-    if unknown:
-        hints = []
-        for key in unknown:
-            close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
-            hints.append(repr(key) + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(hints)}; allowed: {', '.join(sorted(allowed))}.")
-
-
 def _is_stage_ref(value):
     return isinstance(value, dict) and set(value) == {"stage"}
 
@@ -100,7 +89,7 @@ class Stage:
         where = f"stage {index + 1}"
         if not isinstance(raw, dict):
             raise ConfigError(f"{where} must be a mapping with at least `name` and `student`, got {raw!r}")
-        _unknown_keys(raw, STAGE_KEYS, f"{where} ({raw.get('name', '?')})")
+        check_keys(raw, STAGE_KEYS, f"{where} ({raw.get('name', '?')})")
         self.index, self.raw = index, raw
         self.name = str(raw.get("name") or "")
         if not re.match(r"^[A-Za-z0-9_.-]+$", self.name):
@@ -199,7 +188,7 @@ class Stage:
         if isinstance(value, str):
             return {"config": find_file(value, f"{self.where}: teacher"), "weights": None}
         if isinstance(value, dict) and "config" in value:
-            _unknown_keys(value, {"config", "weights", "opts"}, f"{self.where}: teacher")
+            check_keys(value, {"config", "weights", "opts"}, f"{self.where}: teacher")
             weights = value.get("weights")
             if isinstance(weights, str) and weights != "previous":
                 weights = find_file(weights, f"{self.where}: teacher weights", weights=True)
@@ -220,12 +209,12 @@ def load_pipeline(path, opts=()):
     """Read and validate a pipeline yaml -> (raw dict, [Stage])."""
     raw = parse_yaml_with_bases(path)
     raw = apply_overrides(raw, list(opts or []))
-    _unknown_keys(raw, {"stages", "defaults", "save_dir"}, f"pipeline {path}")
+    check_keys(raw, {"stages", "defaults", "save_dir"}, f"pipeline {path}")
     stages_raw = raw.get("stages")
     if not isinstance(stages_raw, list) or not stages_raw:
         raise ConfigError(f"pipeline {path} needs a non-empty `stages:` list.")
     defaults = raw.get("defaults") or {}
-    _unknown_keys(defaults, set(RUN_KEYS), f"pipeline {path}: defaults")
+    check_keys(defaults, set(RUN_KEYS), f"pipeline {path}: defaults")
     base_dir = os.path.dirname(os.path.abspath(path))
 
     def find_file(value, where, weights=False):
