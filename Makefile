@@ -29,13 +29,13 @@ demo-cls: install
 	$(BIN)/python tools/demo.py cls --out output/demo-cls
 
 # Depth distillation (nuclei): a 14-block teacher cut to 7 blocks through a pipeline, against the 7-block
-# model alone, distilled directly, and cut at once; mIoU and inference latency (about 20-30 min on 2 cores).
+# model alone, distilled directly, and cut at once; mIoU and inference latency (about 19 minutes on 2 cores).
 .PHONY: demo-depth
 demo-depth: install
 	$(BIN)/python tools/demo.py depth --out output/demo-depth
 
-# Detection (tree crowns, PaddleDetection's YOLOv3 distillation workflow on a CPU-sized pair): teacher, student alone, distilled student,
-# VOC mAP@0.5 table and sample predictions in output/demo-det/ (about 20-30 min on 2 cores).
+# Detection (tree crowns, PaddleDetection's YOLOv3 distillation workflow on a CPU-sized pair): teacher,
+# student alone, distilled student, VOC mAP@0.5 table and sample predictions (about 10 minutes on 2 cores).
 .PHONY: demo-det
 demo-det: install
 	$(BIN)/python tools/demo.py det --out output/demo-det

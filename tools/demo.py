@@ -1,161 +1,45 @@
-"""The main distillation job, end to end, with the package's own commands: `make demo`.
+"""Each task's distillation demo, end to end, with the package's own commands (`make demo`, `make demo-det`, ...).
 
-    python tools/demo.py seg [--out output/demo] [--seed 0] [--quick]
-    python tools/demo.py cls [--out output/demo-cls] [--seed 0] [--quick]   (slim/tasks/cls/experiment.py)
+    python tools/demo.py seg [--out output/demo] [--seed 0] [--quick]           (slim/tasks/seg/experiment.py)
+    python tools/demo.py cls [--out output/demo-cls] [--seed 0] [--quick]       (slim/tasks/cls/experiment.py)
     python tools/demo.py depth [--out output/demo-depth] [--seed 0] [--quick]   (slim/depth/experiment.py)
-    python tools/demo.py det [--out output/demo-det] [--seed 0] [--quick]   (slim/tasks/det/experiment.py)
+    python tools/demo.py det [--out output/demo-det] [--seed 0] [--quick]       (slim/tasks/det/experiment.py)
 
-Segmentation (nuclei): prepare the data, train the teacher, train the student alone, distil the
-teacher into the student, evaluate all three with tools/eval.py, then print a table and write it
-(results.md, results.json) with the loss curves (loss_curves.png) to --out. Every step is the command a
-user would type; each is printed before it runs, and its progress lines are shown as they come.
+Every step is the command a user would type; each is printed before it runs, its progress lines are
+shown as they come, and the table of results is printed and written to --out.
 """
 import argparse
-import json
+import importlib
 import os
-import shutil
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from slim.engine import commands  # noqa: E402
-from slim.engine.commands import PY  # noqa: E402
 
+# task -> (module with `demo(args, out)`, default output folder)
 DEMOS = {
-    "seg": {
-        "title": "Segmentation: nuclei, LR-ASPP MobileNetV3-large teacher -> MobileNetV3-small x0.35 student",
-        "prepare": ["nuclei", "--out", "data/nuclei"],
-        "teacher": "configs/seg/demo/teacher.yml",
-        "student": "configs/seg/demo/student.yml",
-        "metric": "mIoU",
-        "eval_interval": {"teacher": 100, "student": 25},
-        "extra_metrics": ["Acc", "Kappa", "Dice"],
-    },
-    # classification runs four models (teacher, student alone, KD, KD + frozen shared head): its own pipeline
-    "cls": {"runner": "slim.tasks.cls.experiment", "out": "output/demo-cls"},
+    # segmentation (nuclei): teacher, student alone, distilled student; table and loss curves
+    "seg": ("slim.tasks.seg.experiment", "output/demo"),
+    # classification: teacher, student alone, KD, KD + frozen shared head
+    "cls": ("slim.tasks.cls.experiment", "output/demo-cls"),
     # depth distillation (nuclei): 14-block teacher, 7-block students alone / KD / cut at once / progressive
-    "depth": {"runner": "slim.depth.experiment", "out": "output/demo-depth"},
-    # detection (tree crowns, PaddleDetection's YOLOv3 distillation workflow): teacher, student alone, distilled; eval table and predictions
-    "det": {"runner": "slim.tasks.det.experiment", "out": "output/demo-det"},
+    "depth": ("slim.depth.experiment", "output/demo-depth"),
+    # detection (tree crowns, PaddleDetection's YOLOv3 distillation workflow): teacher, student alone, distilled
+    "det": ("slim.tasks.det.experiment", "output/demo-det"),
 }
-
-
-SHOW = ("[TRAIN]", "[EVAL] #Images", "Class IoU", "error", "Error", "best", "wrote", "already", "Traceback")
-
-
-def run(cmd, log_path):
-    """Run a command, stream the lines worth seeing, keep the whole output in log_path."""
-    return commands.run(cmd, log_path, show=SHOW, width=160)
-
-
-def read_history(path):
-    steps, losses = [], []
-    if os.path.isfile(path):
-        with open(path) as f:
-            for line in f:
-                row = json.loads(line)
-                if "Train/loss" in row:
-                    steps.append(row["iter"])
-                    losses.append(row)
-    return steps, losses
-
-
-def plot_curves(runs, out_png):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, save_dir in runs:
-        steps, rows = read_history(os.path.join(save_dir, "history.jsonl"))
-        task_terms = [k for k in (rows[0] if rows else {}) if k.startswith("Train/") and k not in
-                      ("Train/loss", "Train/lr", "Train/batch_cost", "Train/reader_cost")
-                      and not k.startswith("Train/distill") and "cwd" not in k]
-        if rows and task_terms:
-            ax.plot(steps, [r[task_terms[0]] for r in rows], label=f"{name}: {task_terms[0][6:]}")
-        if rows and any(k.startswith("Train/distill") for k in rows[0]):
-            ax.plot(steps, [r["Train/loss"] for r in rows], "--", label=f"{name}: total loss")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("loss")
-    ax.set_yscale("log")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("task", choices=sorted(DEMOS))
-    p.add_argument("--out", default=None, help="output folder (default output/demo)")
+    p.add_argument("--out", default=None, help="output folder (default: the task's, e.g. output/demo)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="a few iterations of each step (checks the pipeline)")
     args = p.parse_args()
-    demo = DEMOS[args.task]
-    if "runner" in demo:
-        import importlib
-        runner = importlib.import_module(demo["runner"])
-        return runner.demo(args, os.path.abspath(args.out or os.path.join(ROOT, demo["out"])))
-    out = os.path.abspath(args.out or os.path.join(ROOT, "output", "demo"))
-    runs_dir = os.path.join(out, "runs")
-    if os.path.isdir(runs_dir):
-        shutil.rmtree(runs_dir)  # this folder belongs to the demo; each demo run starts afresh
-    os.makedirs(runs_dir, exist_ok=True)
-    logs = os.path.join(out, "logs")
-    os.makedirs(logs, exist_ok=True)
-    quick = ["--iters", "4"] if args.quick else []
-    common = ["--seed", str(args.seed), "--log_iters", "2" if args.quick else "25", "--save_interval", "100000",
-              "--do_eval"]
-    every = demo["eval_interval"]
-    teacher_eval = ["--eval_interval", "2" if args.quick else str(every["teacher"])]
-    student_eval = ["--eval_interval", "2" if args.quick else str(every["student"])]
-    print(f"== {demo['title']} (outputs in {out})", flush=True)
-
-    timings = {}
-    timings["prepare data"] = run([PY, "tools/prepare_data.py"] + demo["prepare"], os.path.join(logs, "prepare.log"))
-    teacher_dir, student_dir, distill_dir = (os.path.join(runs_dir, n) for n in ("teacher", "student", "distill"))
-    print("== 1/3 teacher", flush=True)
-    timings["teacher"] = run([PY, "tools/train.py", "--config", demo["teacher"], "--save_dir", teacher_dir]
-                             + common + teacher_eval + quick, os.path.join(logs, "teacher.log"))
-    teacher_weights = os.path.join(teacher_dir, "best_model", "model.pdparams")
-    print("== 2/3 student alone", flush=True)
-    timings["student alone"] = run([PY, "tools/train.py", "--config", demo["student"], "--save_dir", student_dir]
-                                   + common + student_eval + quick, os.path.join(logs, "student.log"))
-    print("== 3/3 student distilled from the teacher", flush=True)
-    timings["distilled"] = run([PY, "slim/distill/distill_train.py", "--teacher_config", demo["teacher"],
-                                "--student_config", demo["student"], "--teacher_pretrained", teacher_weights,
-                                "--save_dir", distill_dir] + common + student_eval + quick,
-                               os.path.join(logs, "distill.log"))
-
-    print("== evaluation (tools/eval.py)", flush=True)
-    results = {}
-    for name, cfg, run_dir in (("teacher", demo["teacher"], teacher_dir), ("student alone", demo["student"], student_dir),
-                               ("distilled student", demo["student"], distill_dir)):
-        metrics_path = os.path.join(out, f"eval_{name.split()[0]}.json")
-        weights = os.path.join(run_dir, "best_model", "model.pdparams")
-        run([PY, "tools/eval.py", "--config", cfg, "--model_path", weights, "--save_json", metrics_path],
-            os.path.join(logs, f"eval_{name.split()[0]}.log"))
-        with open(metrics_path) as f:
-            results[name] = json.load(f)
-
-    metric = demo["metric"]
-    cols = [metric] + demo["extra_metrics"]
-    lines = [f"{demo['title']}; seed {args.seed}; best checkpoint by val {metric} of each run", "",
-             "| model | " + " | ".join(cols) + " | train time (s) |", "|" + " --- |" * (len(cols) + 2)]
-    for (name, res), t in zip(results.items(), (timings["teacher"], timings["student alone"], timings["distilled"])):
-        lines.append(f"| {name} | " + " | ".join(f"{res[c]:.4f}" for c in cols) + f" | {t:.0f} |")
-    gain = results["distilled student"][metric] - results["student alone"][metric]
-    lines += ["", f"distilled - alone: {gain:+.4f} {metric} (one seed; `python bench/seg_gain.py --seeds 3` "
-              "gives the mean and spread over seeds)"]
-    table = "\n".join(lines)
-    print("\n" + table, flush=True)
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(table + "\n")
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump({"results": results, "timings_s": timings, "seed": args.seed}, f, indent=1)
-    plot_curves([("teacher", teacher_dir), ("student alone", student_dir), ("distilled", distill_dir)],
-                os.path.join(out, "loss_curves.png"))
-    print(f"\nwrote {os.path.join(out, 'results.md')}, results.json and loss_curves.png", flush=True)
+    module, default_out = DEMOS[args.task]
+    return importlib.import_module(module).demo(args, os.path.abspath(args.out or os.path.join(ROOT, default_out)))
 
 
 if __name__ == "__main__":

@@ -19,10 +19,8 @@ def add_model_flags(parser):
 def load_model_for_inference(args, log=print):
     """(task, cfg, model in eval mode with its weights)."""
     env.set_device(args.device)
-    opts = [o for o in args.opts if not o.startswith("weights=")]
-    weights = next((o.split("=", 1)[1] for o in args.opts if o.startswith("weights=")), None)
-    task, cfg = load_task_config(args.config, opts)
-    path = args.model_path or weights or task.pretrained_path(cfg)
+    task, cfg = load_task_config(args.config, [o for o in args.opts if not o.startswith("weights=")])
+    path = model_path(args, task, cfg)
     if not path:
         raise ConfigError("No weights given: pass --model_path output/.../best_model/model.pdparams "
                           "(or set model.pretrained in the config).")
@@ -33,11 +31,15 @@ def load_model_for_inference(args, log=print):
     return task, cfg, model
 
 
+def model_path(args, task, cfg):
+    """The weights a tool loads: --model_path, else PaddleDetection's `-o weights=P`, else the config's."""
+    weights = next((o.split("=", 1)[1] for o in args.opts if o.startswith("weights=")), None)
+    return args.model_path or weights or task.pretrained_path(cfg)
+
+
 def default_output_dir(args, task, cfg):
     """Where tools write side outputs when not told: beside --save_json, else beside the weights."""
     from .checkpoint import resolve_weights_path
     if getattr(args, "save_json", None):
         return os.path.dirname(os.path.abspath(args.save_json))
-    weights = next((o.split("=", 1)[1] for o in args.opts if o.startswith("weights=")), None)
-    path = args.model_path or weights or task.pretrained_path(cfg)
-    return os.path.dirname(os.path.abspath(resolve_weights_path(path)))
+    return os.path.dirname(os.path.abspath(resolve_weights_path(model_path(args, task, cfg))))
