@@ -196,3 +196,8 @@ def test_freeze_patterns_count_parameters_and_keep_frozen_norms_in_eval():
     model.train()
     hook.before_step(None)
     assert not model.backbone.training and not model.linear_fuse.training and model.linear_pred.training
+    hook.before_step(None)  # already in eval: stays so
+    assert not model.backbone.training and model.linear_pred.training
+    model.train()  # as the trainer does after each evaluation
+    hook.before_step(None)
+    assert not model.backbone.training and not model.linear_fuse.training and model.linear_pred.training

@@ -122,6 +122,9 @@ def test_resume_at_a_stage_boundary_starts_the_next_stage_from_the_handed_weight
     assert_same_weights(flow["out"] / "4_head" / "iter_2" / "model.pdparams", run / "4_head" / "iter_2" / "model.pdparams")
     # a finished pipeline run again does nothing but report
     assert run_tool("distill_train", "--pipeline", flow["pipeline"], "--save_dir", run, "--allow_untrained_teacher") == 0
+    log = (run / "pipeline.log").read_text()
+    assert log.count("stage 4 (head): finished earlier") == 1 and log.count("stage 3 (finetune): finished earlier") == 1
+    assert not os.path.isdir(run / "4_head" / "iter_4")
 
 
 def test_changed_finished_stage_is_refused(flow, tmp_path, capsys):

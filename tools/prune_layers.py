@@ -63,7 +63,7 @@ def main(argv=None):
     removal = parse_remove_args(args.remove_layers, args.block_list)
     task, cfg = launch.load_task_config(args.config, args.opts)
     model = task.build_model(cfg)
-    task.load_weights(model, args.model_path, "weights")
+    task.load_weights(model, args.model_path)
     removed = ProgressiveRemoval(model, removal, remove_iters=0)  # a = 0: the blocks are identities
     counts = block_counts(model, removal)
     state = cut_state_dict(model.state_dict(), removal, counts)

@@ -18,12 +18,13 @@ this process: median of N forwards of the same 1x3x256x256 input, the models tak
 import json
 import os
 import statistics
-import sys
 import time
 from functools import partial
 
 from slim.engine import commands
 from slim.engine.commands import PY, ROOT, last_checkpoint
+from slim.engine.pipeline import STATE_FILE, handed_weights
+
 CONFIGS = {"teacher": "configs/depth/segformer_mscan_d14_nuclei.yml",
            "student": "configs/depth/segformer_mscan_d7_nuclei.yml",
            "pipeline": "configs/depth/nuclei_progressive.yml"}
@@ -34,10 +35,9 @@ run = partial(commands.run, show=SHOW, every=4)
 
 
 def pipeline_output(run_dir):
-    with open(os.path.join(run_dir, "pipeline_state.json")) as f:
+    with open(os.path.join(run_dir, STATE_FILE)) as f:
         state = json.load(f)
-    last = list(state["done"].values())[-1]
-    return (last.get("cut") or last)["weights"]
+    return handed_weights(list(state["done"].values())[-1])
 
 
 def pipeline_overrides(budget):
@@ -97,7 +97,6 @@ def measure_latency(models, runs=25, shape=(1, 3, 256, 256), warmup=3):
     the models take turns each round so that a change in machine load hits them all alike."""
     import paddle
 
-    sys.path.insert(0, ROOT)
     from slim.engine import env, launch
     env.set_device("cpu")
     built = {}
@@ -128,8 +127,8 @@ def latency_threads():
 
 
 def count_parameters(weights):
-    import paddle
-    state = paddle.load(weights)
+    from slim.engine.checkpoint import load_state
+    state = load_state(weights)
     return sum(int(v.size) for k, v in state.items() if not k.endswith(("_mean", "_variance")))
 
 

@@ -89,5 +89,7 @@ class FrozenLayersEvalHook(Hook):
                         + ", ".join(n for n, _ in self.layers[:8]) + (" ..." if len(self.layers) > 8 else ""))
 
     def before_step(self, trainer):
-        for _, layer in self.layers:
-            layer.eval()
+        # the trainer switches the whole model to train mode at the start and after each evaluation only
+        if any(layer.training for _, layer in self.layers):
+            for _, layer in self.layers:
+                layer.eval()

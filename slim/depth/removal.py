@@ -22,6 +22,7 @@ import paddle
 
 from slim.distill.adaptor import unwrap
 from slim.distill.errors import ConfigError
+from slim.distill.layers import forward_with_hooks
 from slim.engine.hooks import Hook
 from .blocks import check_removal, find_block_list, kept_indices
 
@@ -111,16 +112,11 @@ class ProgressiveRemoval:
 
     def check_shapes(self, *inputs, **kwargs):
         """One forward in eval mode at a = 0.5: raises when a removed block changes its input's shape."""
-        training = self.model.training
-        self.model.eval()
         self._forced = 0.5
         try:
-            with paddle.no_grad():
-                self.model(*inputs, **kwargs)
+            forward_with_hooks(self.model, (), *inputs, **kwargs)
         finally:
             self._forced = None
-            if training:
-                self.model.train()
 
     def remove(self):
         """Give the blocks back their own forward."""
@@ -134,23 +130,23 @@ class RemovalScheduleHook(Hook):
     """Ties the removal factor to the trainer's iteration; logs it (record.txt, history.jsonl) while it
     decays, and once when it reaches 0."""
 
-    def __init__(self, removal, log_every=None):
+    def __init__(self, removal):
         self.removal = removal
-        self.log_every = log_every
+        self.every = 10
 
     def before_train(self, trainer):
+        self.every = trainer.options.log_iters or 10
         self.removal.follow(lambda: trainer.iter)
         trainer.log(self.removal.describe())
         trainer.log(f"remove factor a = {self.removal.factor():.4f} at iteration {trainer.iter}")
 
     def after_step(self, trainer):
-        every = self.log_every or getattr(trainer.options, "log_iters", 10) or 10
         a, k = self.removal.factor(), trainer.iter
         if k == self.removal.remove_iters:
             trainer.log(f"remove factor a = 0 at iteration {k}: the removed blocks are identities")
-        elif k % every == 0 and a > 0:
+        elif k % self.every == 0 and a > 0:
             trainer.log(f"remove factor a = {a:.4f} at iteration {k}")
-        if k % every == 0 or k == self.removal.remove_iters or k == trainer.max_iters:
+        if k % self.every == 0 or k == self.removal.remove_iters or k == trainer.max_iters:
             trainer.record_scalars({"Train/remove_factor": a}, k)
 
 

@@ -78,6 +78,11 @@ RUN_DEFAULTS = {"seed": None, "save_interval": 1000, "log_iters": 10, "do_eval":
                 "keep_checkpoint_max": 5, "num_workers": 0, "use_vdl": False}
 
 
+def handed_weights(record):
+    """The weights a finished stage's record (pipeline_state.json) hands on: its cut weights, if cut."""
+    return (record["cut"] or record)["weights"]
+
+
 def _is_stage_ref(value):
     return isinstance(value, dict) and set(value) == {"stage"}
 
@@ -129,7 +134,7 @@ class Stage:
         self.remove_iters = None if self.remove_iters is None else int(self.remove_iters)
         if self.removal and self.remove_iters is None:
             raise ConfigError(f"{where}: set `remove_iters` (iterations over which the blocks fade out) or `iters`.")
-        if self.removal and raw.get("iters") is not None and int(self.remove_iters) > int(raw["iters"]):
+        if self.removal and raw.get("iters") is not None and self.remove_iters > int(raw["iters"]):
             raise ConfigError(f"{where}: remove_iters ({self.remove_iters}) exceeds the stage's iters "
                               f"({raw['iters']}): the removed blocks would not be identities at the end.")
         self.cut = bool(raw.get("cut", bool(self.removal)))
@@ -468,7 +473,7 @@ class Pipeline:
                 record["removed_uncut"] = {k: list(v) for k, v in stage.removal.items()}
         self.state["done"][stage.name] = record
         self._save_state()
-        self.log(f"== {stage.where} done: hands on {record['cut']['weights'] if record['cut'] else weights}")
+        self.log(f"== {stage.where} done: hands on {handed_weights(record)}")
         return record
 
     def _cut(self, stage, task, cfg, student, removal, folder):
@@ -483,34 +488,34 @@ class Pipeline:
         env.barrier()
         kept = ", ".join(f"{n}: {counts[n]} -> {len(k)} blocks" for n, k in info["kept"].items())
         self.log(f"cut {kept}; weights renumbered into {info['weights']}")
-        following = self._next_student_config(stage)
+        following = self._next_stage_from(stage)
         if following is not None:
-            n_task, n_cfg = launch.load_task_config(following[1], following[0].opts)
+            n_task, n_cfg = launch.load_task_config(following.student, following.opts)
             small = n_task.build_model(n_cfg)
             try:
                 load_model_weights(small, info["weights"], "cut weights")
             except ConfigError as e:
-                raise ConfigError(f"{following[0].where} starts from the cut weights of {stage.where}, but its "
+                raise ConfigError(f"{following.where} starts from the cut weights of {stage.where}, but its "
                                   f"student config does not build the model with {kept}: {e}") from None
             if not env.is_main_process():
                 return info  # the weights are rank 0's (BatchNorm statistics differ between processes)
             diff = compare_outputs(student, small, task.example_inputs(cfg))
             info["max_abs_diff"] = diff
-            self.log(f"cut checked: {os.path.basename(following[1])} loads the cut weights strictly; outputs "
+            self.log(f"cut checked: {os.path.basename(following.student)} loads the cut weights strictly; outputs "
                      f"equal the un-cut model's (removed blocks as identities) to {diff:.2e}")
             if diff > 1e-4:
                 raise SlimError(f"The cut model's outputs differ from the un-cut model's by {diff:.3g}: the forward "
                                 f"of this model depends on more than its blocks (e.g. on the number of blocks).")
         return info
 
-    def _next_student_config(self, stage):
-        """(next stage, its student config) when the next stage starts from this one's weights."""
+    def _next_stage_from(self, stage):
+        """The next stage when it starts from this one's weights with a student config of its own."""
         if stage.index + 1 >= len(self.stages):
             return None
         nxt = self.stages[stage.index + 1]
         if (nxt.init == "previous" or (_is_stage_ref(nxt.init) and nxt.init["stage"] == stage.name)) \
                 and nxt.student != "previous":
-            return nxt, nxt.student
+            return nxt
         return None
 
     # ----- the whole pipeline -------------------------------------------------------------------------
@@ -542,16 +547,14 @@ class Pipeline:
         done = self.state["done"]
         for stage in self.stages:
             if stage.name in done:
-                self.log(f"== {stage.where}: finished earlier, hands on "
-                         f"{(done[stage.name]['cut'] or done[stage.name])['weights']}")
+                self.log(f"== {stage.where}: finished earlier, hands on {handed_weights(done[stage.name])}")
                 continue
             try:
                 self.run_stage(stage)
             except KeyboardInterrupt:
                 self.log(f"pipeline interrupted in {stage.where}; run the same command again to continue there.")
                 raise
-        last = done[self.stages[-1].name]
-        final = (last["cut"] or last)["weights"]
+        final = handed_weights(done[self.stages[-1].name])
         self.log(f"pipeline finished: final weights {final}")
         self.write_summary()
         return final
@@ -565,8 +568,8 @@ class Pipeline:
             if r is None:
                 continue
             best = f"{r['best_metric']:.4f} ({r['best_iter']})" if r.get("best_metric") is not None else "-"
-            out = (r["cut"] or r)["weights"]
-            lines.append(f"| {stage.name} | {_short(r['config'])} | {r['iters']} | {best} | {_short(out)} |")
+            lines.append(f"| {stage.name} | {_short(r['config'])} | {r['iters']} | {best} | "
+                         f"{_short(handed_weights(r))} |")
         with open(os.path.join(self.save_dir, "summary.md"), "w") as f:
             f.write("\n".join(lines) + "\n")
         self.log("\n" + "\n".join(lines))

@@ -1,7 +1,6 @@
 """Tiny models with blocks in LayerLists, and tiny segmentation pipelines on real nuclei slices."""
 import os
 
-import paddle
 import paddle.nn as nn
 
 from slim.datasets import nuclei
@@ -86,10 +85,6 @@ def vision_resnet18(num_classes=5):
     """paddle.vision's ResNet-18: stages layer1..layer4 are Sequentials of BasicBlocks."""
     from paddle.vision.models import resnet18
     return resnet18(num_classes=num_classes)
-
-
-def max_abs_diff(a, b):
-    return float(paddle.abs(a - b).max())
 
 
 def run_script(relpath, *args):
