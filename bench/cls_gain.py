@@ -19,6 +19,7 @@ of the teacher-student top-1 gap each distilled student closes, and the wall tim
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -64,7 +65,6 @@ def main(argv=None):
         t0 = time.time()
         seed_dir = os.path.join(out, f"seed{seed}")
         if os.path.isdir(os.path.join(seed_dir, "runs")):
-            import shutil
             shutil.rmtree(os.path.join(seed_dir, "runs"))  # a fresh run for this seed
         results = experiment.run_seed(seed_dir, seed, configs, extra, echo=False, teacher_weights=teacher_weights)
         if args.one_teacher and teacher_weights is None:
@@ -74,6 +74,7 @@ def main(argv=None):
         print(f"seed {seed} ({time.time() - t0:.0f} s), top-1/recall@1: {line}", flush=True)
 
     names = [name for name, _ in experiment.RUNS]
+    closed = [experiment.gap_closed(r) or {} for r in per_seed]  # per seed: {distilled run: share of the gap}
     lines = [f"MNIST-5k (4000 train / 1000 val), {args.seeds} seed(s)"
              + (", one teacher (seed 0) for every seed" if args.one_teacher else ", a teacher per seed")
              + "; weights of the last iteration; mean ± std (range)", "",
@@ -84,14 +85,10 @@ def main(argv=None):
         rows = [r[name] for r in per_seed]
         if name == "teacher" and args.one_teacher:
             rows = rows[:1]
-        gaps = []
-        for r in per_seed:
-            closed = experiment.gap_closed(r)
-            gaps.append(closed.get(name) if closed else None)
         first = rows[0]
         params = f"{first['params']:,}" + (f" ({first['trained_params']:,})"
                                            if first["trained_params"] != first["params"] else "")
-        gap = summary(gaps) if name in ("KD", "KD + frozen head") else ""
+        gap = summary([c.get(name) for c in closed]) if name in ("KD", "KD + frozen head") else ""
         times = [r["train_time_s"] for r in rows if r.get("train_time_s") is not None]
         wall = f"{statistics.mean(times):.0f}" if times else "-"
         cross = summary([r.get("cross_recall_at_1") for r in rows]) if name != "teacher" else ""

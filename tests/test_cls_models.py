@@ -9,7 +9,7 @@ from slim.distill import Distiller
 from slim.distill.errors import ConfigError
 from slim.engine.launch import load_task_config
 from slim.tasks import detect_task_name
-from slim.tasks.cls import Classifier, Task, build_classifier, matches
+from slim.tasks.cls import Task, build_classifier, matches
 from slim.tasks.cls.models import adapt_to_state
 from tests.helpers.cli import ROOT
 
@@ -49,7 +49,7 @@ def test_model_config_errors():
         build_classifier({"type": "ConvNet"})
     with pytest.raises(ConfigError, match="Unknown classification model type 'Conv'"):
         build_classifier({"type": "Conv", "num_classes": 2})
-    with pytest.raises(ConfigError, match="Could not build ConvNet"):
+    with pytest.raises(ConfigError, match=r"Could not build classification model type ConvNet from \['widths'\]"):
         build_classifier({"type": "ConvNet", "num_classes": 2, "widths": [3]})
     with pytest.raises(ConfigError, match="depth must be 6n\\+2"):
         build_classifier({"type": "SmallResNet", "depth": 10, "num_classes": 2})

@@ -9,11 +9,11 @@ import paddle
 import pytest
 import yaml
 
-from slim.engine.trainer import Trainer
 from slim.tasks.cls import build_classifier
 from slim.tasks.cls.metrics import classification_metrics
 from tests.helpers.cli import run_tool
 from tests.helpers.cls_fixtures import STUDENT_MODEL, TEACHER_MODEL, make_tiny_cls, write_yaml
+from tests.helpers.resume import assert_same_weights, logged_losses, run_interrupted
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +39,9 @@ def read(path):
         return f.read()
 
 
-def params(state, skip_bn_stats=True):
-    return {k: v.numpy() for k, v in state.items() if not (skip_bn_stats and k.endswith(("_mean", "_variance")))}
+def params(state):
+    """The state's values without the BatchNorm statistics."""
+    return {k: v.numpy() for k, v in state.items() if not k.endswith(("_mean", "_variance"))}
 
 
 def test_teacher_run_logs_metrics_and_saves_best_model_with_embeddings(cls):
@@ -97,32 +98,17 @@ def test_eval_only_of_existing_weights_prints_metrics_and_saves_npy(cls, capsys,
     assert np.load(tmp_path / "t" / "val_embeddings.npy").shape == (60, 32)
 
 
-def test_resume_after_interrupt_equals_an_unbroken_run(cls, monkeypatch):
+def test_resume_after_interrupt_equals_an_unbroken_run(cls):
     common = ["--teacher_config", cls["teacher"], "--student_config", cls["head_fixed"], "--teacher_pretrained",
               cls["teacher_weights"], "--iters", 5, "--save_interval", 100, "--log_iters", 1, "--seed", 3]
     unbroken, broken = cls["root"] / "unbroken", cls["root"] / "broken"
     assert run_tool("distill_train", *common, "--save_dir", unbroken) == 0
-    original = Trainer.run_step
-
-    def interrupt_at_fourth_step(self, batch):
-        if self.iter == 3:
-            raise KeyboardInterrupt
-        return original(self, batch)
-
-    monkeypatch.setattr(Trainer, "run_step", interrupt_at_fourth_step)
-    assert run_tool("distill_train", *common, "--save_dir", broken) == 130
+    assert run_interrupted(3, "distill_train", *common, "--save_dir", broken) == 130  # at the fourth step
     assert "--resume_model" in read(broken / "record.txt")
-    monkeypatch.setattr(Trainer, "run_step", original)
     assert run_tool("distill_train", *common, "--save_dir", broken, "--resume_model", broken / "iter_3") == 0
-    a = paddle.load(str(unbroken / "iter_5" / "model.pdparams"))
-    b = paddle.load(str(broken / "iter_5" / "model.pdparams"))
-    assert sorted(a) == sorted(b)
-    for key in a:
-        np.testing.assert_allclose(a[key].numpy(), b[key].numpy(), rtol=1e-5, atol=1e-6, err_msg=key)
-    last = [line.split("loss: ")[1].split(" ")[0] for line in read(unbroken / "record.txt").splitlines()
-            if "iter: 5/5" in line]
-    assert last and last == [line.split("loss: ")[1].split(" ")[0] for line in read(broken / "record.txt").splitlines()
-                             if "iter: 5/5" in line]
+    assert_same_weights(unbroken / "iter_5", broken / "iter_5")
+    last = logged_losses(unbroken / "record.txt", "iter: 5/5")
+    assert last and last == logged_losses(broken / "record.txt", "iter: 5/5")
 
 
 def test_init_weights_starts_the_student_from_given_weights(cls, tmp_path):

@@ -12,7 +12,7 @@ import yaml
 from slim.engine.trainer import Trainer
 from slim.tasks.seg import build_component
 from tests.helpers.cli import ROOT, SCRIPTS, run_tool
-from tests.helpers.depth_fixtures import (STUDENT_DEPTHS, flow_pipeline, make_depth_configs, run_script,
+from tests.helpers.depth_fixtures import (STUDENT_DEPTHS, flow_pipeline, make_depth_configs,
                                           segformer)
 
 
@@ -191,14 +191,14 @@ def test_wrong_config_after_the_cut_is_a_clear_error(flow, tmp_path, capsys):
 def test_prune_tool_cuts_a_checkpoint_for_the_smaller_config(flow, tmp_path, capsys):
     uncut = flow["out"] / "2_remove" / "iter_4"
     out = tmp_path / "cut.pdparams"
-    assert run_script("tools/prune_layers.py", "--config", flow["configs"]["deep"], "--model_path", uncut,
+    assert run_tool("prune_layers", "--config", flow["configs"]["deep"], "--model_path", uncut,
                       "--block_list", "backbone.block3", "--remove_layers", 1, 3, "--save_path", out,
                       "--verify_config", flow["configs"]["shallow"]) == 0
     printed = capsys.readouterr().out
     assert "backbone.block3: 4 -> 2 blocks (removed [1, 3]; kept 0->0, 2->1)" in printed
     assert "loads the cut weights strictly" in printed
     assert_same_weights(out, state_of(flow["out"])["done"]["remove"]["cut"]["weights"])
-    assert run_script("tools/prune_layers.py", "--config", flow["configs"]["deep"], "--model_path", uncut,
+    assert run_tool("prune_layers", "--config", flow["configs"]["deep"], "--model_path", uncut,
                       "--remove_layers", "backbone.block3:0,1,2,3", "--save_path", tmp_path / "x") == 2
     assert "removing all 4 blocks" in capsys.readouterr().err
 

@@ -10,9 +10,9 @@ import numpy as np
 import paddle
 import pytest
 
-from slim.engine.trainer import Trainer
 from slim.tasks.seg import build_component
 from tests.helpers.cli import ROOT, SCRIPTS, run_tool
+from tests.helpers.resume import assert_same_weights, logged_losses, run_interrupted
 from tests.helpers.seg_fixtures import MODEL, make_tiny_seg
 
 
@@ -64,38 +64,21 @@ def test_distilled_student_checkpoint_loads_into_a_plain_paddleseg_model(seg):
     assert connectors and not set(connectors) & set(state)
 
 
-def test_resume_after_interrupt_equals_an_unbroken_run(seg, monkeypatch):
+def test_resume_after_interrupt_equals_an_unbroken_run(seg):
     common = ["--teacher_config", seg["teacher"], "--student_config", seg["feat"], "--teacher_pretrained",
               seg["teacher_weights"], "--iters", 4, "--save_interval", 100, "--log_iters", 1, "--seed", 3]
     unbroken, broken = seg["root"] / "unbroken", seg["root"] / "broken"
     assert run_tool("distill_train", *common, "--save_dir", unbroken) == 0
 
-    original = Trainer.run_step
-
-    def interrupt_at_third_step(self, batch):
-        if self.iter == 2:
-            raise KeyboardInterrupt
-        return original(self, batch)
-
-    monkeypatch.setattr(Trainer, "run_step", interrupt_at_third_step)
-    assert run_tool("distill_train", *common, "--save_dir", broken) == 130
+    assert run_interrupted(2, "distill_train", *common, "--save_dir", broken) == 130  # at the third step
     assert sorted(os.listdir(broken / "iter_2")) == ["connectors.pdparams", "model.pdopt", "model.pdparams",
                                                      "train_state.pdstates"]
     assert "--resume_model" in read(broken / "record.txt")
-    monkeypatch.setattr(Trainer, "run_step", original)
     assert run_tool("distill_train", *common, "--save_dir", broken, "--resume_model", broken / "iter_2") == 0
 
-    for name in ("model.pdparams", "connectors.pdparams"):
-        a = paddle.load(str(unbroken / "iter_4" / name))
-        b = paddle.load(str(broken / "iter_4" / name))
-        assert sorted(a) == sorted(b)
-        for key in a:
-            np.testing.assert_allclose(a[key].numpy(), b[key].numpy(), rtol=1e-5, atol=1e-6, err_msg=key)
-    losses = [line.split("loss: ")[1].split(" ")[0] for line in read(unbroken / "record.txt").splitlines()
-              if "iter: 4/4" in line]
-    resumed = [line.split("loss: ")[1].split(" ")[0] for line in read(broken / "record.txt").splitlines()
-               if "iter: 4/4" in line]
-    assert losses == resumed
+    assert_same_weights(unbroken / "iter_4", broken / "iter_4", files=("model.pdparams", "connectors.pdparams"))
+    losses = logged_losses(unbroken / "record.txt", "iter: 4/4")
+    assert losses and losses == logged_losses(broken / "record.txt", "iter: 4/4")
 
 
 def test_a_new_run_does_not_overwrite_another_runs_checkpoints(seg, capsys):

@@ -9,7 +9,7 @@ from slim.engine.launch import run_main
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPTS = {"distill_train": "slim/distill/distill_train.py", "train": "tools/train.py", "eval": "tools/eval.py",
            "predict": "tools/predict.py", "export": "tools/export.py", "list_layers": "tools/list_layers.py",
-           "prepare_data": "tools/prepare_data.py"}
+           "prepare_data": "tools/prepare_data.py", "prune_layers": "tools/prune_layers.py"}
 
 
 def load_script(name):

@@ -85,16 +85,3 @@ def vision_resnet18(num_classes=5):
     """paddle.vision's ResNet-18: stages layer1..layer4 are Sequentials of BasicBlocks."""
     from paddle.vision.models import resnet18
     return resnet18(num_classes=num_classes)
-
-
-def run_script(relpath, *args):
-    """Run a tool's main() in-process (like tests.helpers.cli.run_tool) and return its exit code."""
-    import importlib.util
-
-    from slim.engine.launch import run_main
-    from tests.helpers.cli import ROOT
-    spec = importlib.util.spec_from_file_location("_script_" + os.path.basename(relpath)[:-3],
-                                                  os.path.join(ROOT, relpath))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return run_main(lambda: module.main([str(a) for a in args]))

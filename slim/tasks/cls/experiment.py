@@ -20,7 +20,7 @@ CONFIGS = {
     "head_fixed": "configs/cls/convnet_student_mnist_head_fixed.yml",
 }
 RUNS = [("teacher", "teacher"), ("student alone", "student"), ("KD", "kd"), ("KD + frozen head", "kd_head")]
-SHOW = ("[TRAIN]", "[EVAL]", "error", "Error", "Traceback", "head_from_teacher", "embedding_projection")
+SHOW = commands.SHOW + ("[EVAL]", "head_from_teacher", "embedding_projection")
 run = partial(commands.run, show=SHOW, every=5)
 
 

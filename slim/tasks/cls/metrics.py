@@ -67,7 +67,6 @@ def classification_metrics(logits, embeddings, labels):
 
 
 def eval_line(metrics):
-    k = "top5"
-    return (f"[EVAL] #Images: {metrics['images']} top1: {metrics['top1']:.4f} {k}: {metrics[k]:.4f} "
+    return (f"[EVAL] #Images: {metrics['images']} top1: {metrics['top1']:.4f} top5: {metrics['top5']:.4f} "
             f"recall@1: {metrics['recall_at_1']:.4f} (feature matching, cosine, {metrics['queries']} queries "
             f"vs a gallery of {metrics['gallery']})")

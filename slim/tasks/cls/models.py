@@ -33,7 +33,7 @@ import copy
 import paddle
 import paddle.nn as nn
 
-from slim.distill.errors import ConfigError
+from slim.distill.errors import ConfigError, build_registered
 
 
 class Classifier(nn.Layer):
@@ -224,26 +224,18 @@ def _vision(factory_name, resnet=False):
     return build
 
 
-def _convnet(channels=(32, 64, 128), convs_per_stage=1, pool="avg", in_channels=3):
-    backbone = ConvNetBackbone(channels, convs_per_stage, pool, in_channels)
-    return backbone, backbone.out_dim
-
-
-def _mlp(hidden=(256,), input_size=28, in_channels=3):
-    backbone = MLPBackbone(hidden, input_size, in_channels)
-    return backbone, backbone.out_dim
-
-
-def _small_resnet(depth=8, widths=(16, 32, 64), in_channels=3):
-    backbone = SmallResNetBackbone(depth, widths, in_channels)
-    return backbone, backbone.out_dim
+def _own(backbone_class):
+    def build(**kwargs):
+        backbone = backbone_class(**kwargs)
+        return backbone, backbone.out_dim
+    return build
 
 
 #: model type -> function(**backbone kwargs) -> (backbone layer, feature width)
 BACKBONES = {
-    "ConvNet": _convnet,
-    "SmallResNet": _small_resnet,
-    "MLP": _mlp,
+    "ConvNet": _own(ConvNetBackbone),
+    "SmallResNet": _own(SmallResNetBackbone),
+    "MLP": _own(MLPBackbone),
     "ResNet18": _vision("resnet18", resnet=True),
     "ResNet34": _vision("resnet34", resnet=True),
     "ResNet50": _vision("resnet50", resnet=True),
@@ -264,17 +256,11 @@ def build_classifier(model_cfg, projection=None):
     """A `Classifier` from the `model:` section; `projection` is the top-level `embedding_projection`
     (None/false: none; an int: that width; true: sized later from the teacher or from loaded weights)."""
     cfg = copy.deepcopy(dict(model_cfg or {}))
-    kind = cfg.get("type")
-    if kind not in BACKBONES:
-        raise ConfigError(f"Unknown classification model type {kind!r}; known: {', '.join(sorted(BACKBONES))}.")
-    if cfg.get("num_classes") is None:
+    if cfg.get("type") in BACKBONES and cfg.get("num_classes") is None:
         raise ConfigError(f"model.num_classes is missing: set it to the number of classes of the data "
                           f"(e.g. num_classes: 10 for MNIST).")
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k not in _MODEL_KEYS}
-    try:
-        backbone, feat_dim = BACKBONES[kind](**kwargs)
-    except TypeError as e:
-        raise ConfigError(f"Could not build {kind} with arguments {sorted(kwargs)}: {e}") from None
+    backbone, feat_dim = build_registered(BACKBONES, cfg.get("type"), kwargs, "classification model type")
     if isinstance(projection, bool) or projection is None:
         projection_dim = None
     else:

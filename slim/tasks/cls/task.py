@@ -26,7 +26,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from slim.distill.adaptor import LayerRef, unwrap
+from slim.distill.adaptor import unwrap
 from slim.distill.config import register_config_keys
 from slim.distill.errors import ConfigError, build_registered
 from slim.tasks.base import TaskBase
@@ -110,8 +110,13 @@ def _fixed_input_hw(model_cfg):
     return int(h), int(w)
 
 
-def _is_classifier(model):
-    return isinstance(unwrap(model), Classifier)
+def logits_and_embedding(model, x):
+    """(logits, embedding) of a Classifier; any other model's output stands for both."""
+    if isinstance(model, Classifier):
+        embedding = model.embed(x)
+        return model.head(embedding), embedding
+    out = model(x)
+    return out, out
 
 
 class Task(TaskBase):
@@ -130,12 +135,10 @@ class Task(TaskBase):
         return build_classifier(model_cfg, cfg.get("embedding_projection"))
 
     def load_weights(self, model, path, what="weights"):
-        from slim.engine.checkpoint import load_model_weights, load_state
-        adapt_to_state(model, load_state(path, what))
-        return load_model_weights(model, path, what)
-
-    def logits_ref(self, cfg):
-        return LayerRef("$output")
+        if isinstance(model, Classifier) and model.projection_requested:  # size the projection from the file
+            from slim.engine.checkpoint import load_state
+            adapt_to_state(model, load_state(path, what))
+        return super().load_weights(model, path, what)
 
     def example_inputs(self, cfg, input_shape=None):
         model = cfg.get("model") or {}
@@ -223,12 +226,10 @@ class Task(TaskBase):
         _raise_deferred(batch)
         return (batch["img"],), {}
 
-    def distill_label(self, batch):
-        _raise_deferred(batch)
+    def distill_label(self, batch):  # the trainer calls model_inputs first: it raises a deferred error
         return batch.get("label")
 
     def batch_size_of(self, batch):
-        _raise_deferred(batch)
         return int(batch["img"].shape[0])
 
     # ----- loss and evaluation --------------------------------------------------------------------
@@ -243,12 +244,7 @@ class Task(TaskBase):
             for start in range(0, len(dataset), batch_size):
                 batch = cls_data.cls_collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
                 _raise_deferred(batch)
-                if isinstance(model, Classifier):
-                    emb = model.embed(batch["img"])
-                    out = model.head(emb)
-                else:
-                    out = model(batch["img"])
-                    emb = out
+                out, emb = logits_and_embedding(model, batch["img"])
                 logits.append(out.numpy())
                 embeddings.append(emb.numpy())
                 labels.append(batch["label"].numpy())
@@ -257,8 +253,9 @@ class Task(TaskBase):
     def evaluate(self, model, dataset, cfg, log=print):
         logits, embeddings, labels = self.forward_dataset(model, dataset)
         metrics = classification_metrics(logits, embeddings, labels)
-        self.last_eval = {"embeddings": embeddings.astype(np.float32), "labels": labels.astype(np.int64),
-                          "logits": logits.astype(np.float32), "is_gallery": gallery_mask(labels),
+        self.last_eval = {"embeddings": embeddings.astype(np.float32, copy=False),
+                          "labels": labels.astype(np.int64, copy=False),
+                          "logits": logits.astype(np.float32, copy=False), "is_gallery": gallery_mask(labels),
                           "files": [p for p, _ in getattr(dataset, "samples", [])]}
         log(eval_line(metrics))
         return metrics
@@ -283,9 +280,6 @@ class Task(TaskBase):
             f"{os.path.join(out_dir, 'val_embeddings.npy')} (labels, logits, gallery mask beside it)")
         return paths
 
-    def describe_metrics(self, metrics):
-        return " ".join(f"{k}: {metrics[k]:.4f}" for k in ("top1", "top5", "recall_at_1") if k in metrics)
-
     # ----- inference tools ------------------------------------------------------------------------
     def export_input_spec(self, cfg, input_shape=None):
         model = cfg.get("model") or {}
@@ -295,7 +289,7 @@ class Task(TaskBase):
         return [paddle.static.InputSpec(shape=shape, dtype="float32", name="x")]
 
     def export_model(self, model, cfg):
-        return ClsExport(unwrap(model)) if _is_classifier(model) else model
+        return ClsExport(unwrap(model)) if isinstance(unwrap(model), Classifier) else model
 
     def predict_files(self, model, cfg, paths, out_dir, log=print):
         """Top-5 classes per image in out_dir/predictions.json, embeddings in out_dir/embeddings.npy."""
@@ -306,8 +300,7 @@ class Task(TaskBase):
         rows, embeddings = [], []
         for path in paths:
             x = paddle.to_tensor(transforms(cls_data.read_image(path, color))[None])
-            emb = model.embed(x) if isinstance(model, Classifier) else model(x)
-            logits = model.head(emb) if isinstance(model, Classifier) else emb
+            logits, emb = logits_and_embedding(model, x)
             prob = F.softmax(logits, axis=-1).numpy()[0]
             top = np.argsort(-prob, kind="stable")[:5]
             rows.append({"image": path, "top5": [{"class": int(c), "score": float(prob[c])} for c in top]})
