@@ -10,9 +10,10 @@ import paddle
 import pytest
 
 from slim.engine import launch
-from slim.engine.trainer import Trainer
+from slim.engine.checkpoint import apply_state
 from tests.helpers.cli import ROOT, SCRIPTS, run_tool
 from tests.helpers.det_fixtures import SIZE, make_tiny_det
+from tests.helpers.resume import assert_same_weights, run_interrupted
 
 SCRIPTS.setdefault("infer", "tools/infer.py")
 
@@ -59,31 +60,18 @@ def test_distilled_student_checkpoint_loads_into_a_plain_ppdet_model(det):
     task, cfg = launch.load_task_config(det["student"])
     plain = task.build_model(cfg)
     assert sorted(state) == sorted(plain.state_dict())  # the student alone
-    plain.set_state_dict(state)
+    apply_state(plain, state, "the distilled student's weights")  # names and shapes, strictly
     connectors = paddle.load(str(out / "iter_2" / "connectors.pdparams"))
     assert connectors and not set(connectors) & set(state)
 
 
-def test_resume_after_interrupt_equals_an_unbroken_run(det, monkeypatch):
+def test_resume_after_interrupt_equals_an_unbroken_run(det):
     common = distill_args(det, "--iters", 4, "--save_interval", 100)
     unbroken, broken = det["root"] / "unbroken", det["root"] / "broken"
     assert run_tool("distill_train", *common, "--save_dir", unbroken) == 0
-    original = Trainer.run_step
-
-    def interrupt_at_third_step(self, batch):
-        if self.iter == 2:
-            raise KeyboardInterrupt
-        return original(self, batch)
-
-    monkeypatch.setattr(Trainer, "run_step", interrupt_at_third_step)
-    assert run_tool("distill_train", *common, "--save_dir", broken) == 130
-    monkeypatch.setattr(Trainer, "run_step", original)
+    assert run_interrupted(2, "distill_train", *common, "--save_dir", broken) == 130  # at the third step
     assert run_tool("distill_train", *common, "--save_dir", broken, "-r", broken / "iter_2") == 0
-    for name in ("model.pdparams", "connectors.pdparams"):
-        a, b = paddle.load(str(unbroken / "iter_4" / name)), paddle.load(str(broken / "iter_4" / name))
-        assert sorted(a) == sorted(b)
-        for key in a:
-            np.testing.assert_allclose(a[key].numpy(), b[key].numpy(), rtol=1e-5, atol=1e-6, err_msg=key)
+    assert_same_weights(unbroken / "iter_4", broken / "iter_4", files=("model.pdparams", "connectors.pdparams"))
 
 
 def test_eval_prints_voc_map_for_student_and_teacher_alike(det, capsys, tmp_path):

@@ -187,6 +187,7 @@ def load_voc(ds, name):
     names = read_label_list(label_path)
     cname2cid = {n: i for i, n in enumerate(names)}
     stats = BoxStats()
+    limit = ds.get("sample_num") or -1
     records = []
     with open(anno, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -204,7 +205,7 @@ def load_voc(ds, name):
             rec = parse_voc_xml(xml, img, cname2cid, label_path, stats)
             rec["im_id"] = np.array([len(records)])
             records.append(rec)
-            if ds.get("sample_num", -1) and 0 < ds.get("sample_num", -1) <= len(records):
+            if 0 < limit <= len(records):
                 break
     if not records:
         raise ConfigError(f"{name}: {anno} lists no image.")
@@ -285,7 +286,7 @@ def _reader(cfg, mode):
     return reader
 
 
-def _compose(transforms, num_classes, batch=False, where=""):
+def _compose(transforms, num_classes, where=""):
     import_ppdet()
     from ppdet.data import reader as ppdet_reader
     from ppdet.data import transform
@@ -296,9 +297,7 @@ def _compose(transforms, num_classes, batch=False, where=""):
         name, args = next(iter(t.items()))
         if not hasattr(transform, name):
             raise ConfigError(f"{where}[{i}]: {name!r} is not a ppdet data operator.")
-        if isinstance(args, dict):
-            args = {k: v for k, v in args.items()}
-        ops.append({name: args or {}})
+        ops.append({name: dict(args) if isinstance(args, dict) else (args or {})})
     try:  # batch operators take the list of samples; stacking is done by the collate classes below
         return ppdet_reader.Compose(ops, num_classes)
     except TypeError as e:
@@ -306,10 +305,7 @@ def _compose(transforms, num_classes, batch=False, where=""):
 
 
 def _strip(rec, fields):
-    out = {k: v for k, v in rec.items() if k in ("im_file", "im_id", "h", "w") or k in fields}
-    if "image" in fields and "im_file" not in out and "im_file" in rec:
-        out["im_file"] = rec["im_file"]
-    return out
+    return {k: v for k, v in rec.items() if k in ("im_file", "im_id", "h", "w") or k in fields}
 
 
 class DetDataset(paddle.io.Dataset):
@@ -318,13 +314,10 @@ class DetDataset(paddle.io.Dataset):
     def __init__(self, data, transforms, mode, num_classes, mixup=False):
         self.records = data["records"]
         self.data = data
-        self.names = data["names"]
-        self.mode = mode
         # evaluation reads the ground truth from the records, in original image coordinates
         self.fields = data["fields"] if mode == "train" else ["image"]
         self.transform = _compose(transforms, num_classes, where=f"{READER_KEYS[mode]}.sample_transforms")
         self.mixup = mixup
-        self.num_classes = num_classes
 
     def __len__(self):
         return len(self.records)
@@ -357,7 +350,7 @@ class TrainCollate:
     """ppdet batch operators (resize, targets) on the samples, then stacking into tensors."""
 
     def __init__(self, transforms, num_classes):
-        self.compose = _compose(transforms, num_classes, batch=True, where="TrainReader.batch_transforms")
+        self.compose = _compose(transforms, num_classes, where="TrainReader.batch_transforms")
 
     def __call__(self, samples):
         from ppdet.data.utils import default_collate_fn
@@ -380,7 +373,7 @@ class EvalCollate:
     """Stack images (and im_shape, scale_factor); keep ground truth per image, in original coordinates."""
 
     def __init__(self, transforms, num_classes):
-        self.compose = (_compose(transforms, num_classes, batch=True, where="EvalReader.batch_transforms")
+        self.compose = (_compose(transforms, num_classes, where="EvalReader.batch_transforms")
                         if transforms else None)
 
     def __call__(self, samples):

@@ -13,7 +13,7 @@ import shutil
 import statistics
 
 from slim.engine import commands
-from slim.engine.commands import PY, ROOT, last_checkpoint  # noqa: F401  (last_checkpoint: bench/det_gain.py)
+from slim.engine.commands import PY, ROOT, last_checkpoint
 TEACHER = "configs/det/ppyolo_tiny_trees_teacher.yml"
 STUDENT = "configs/det/ppyolo_tiny_trees_student.yml"
 DRAW_THRESHOLD = 0.03  # the demo models score below 0.1: a 0.5 threshold would draw nothing

@@ -119,15 +119,13 @@ class COCOEvaluator:
             out = OrderedDict((k, 0.0) for k in keys)
             out["images"] = self.images
             return out
-        buf = io.StringIO()
-        with contextlib.redirect_stdout(buf):
+        with contextlib.redirect_stdout(io.StringIO()):
             gt = COCO(self.anno_path)
             dt = gt.loadRes(self.results)
             ev = COCOeval(gt, dt, "bbox")
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
-        self.summary = buf.getvalue()
         out = OrderedDict((k, float(max(v, 0.0))) for k, v in zip(keys, ev.stats[:6]))
         out["images"] = self.images
         return out

@@ -21,6 +21,7 @@ batch x processes) differs from reference_batch_size (the rule PaddleDetection's
 import math
 
 from slim.distill.errors import ConfigError
+from slim.engine.optim import warmup_iters_of
 
 SCHEDULERS = ("PiecewiseDecay", "CosineDecay", "LinearWarmup")
 
@@ -116,8 +117,8 @@ def translate_lr(cfg, iters_per_epoch):
             raise ConfigError(f"LearningRate.schedulers[{i}]: {kind!r} is not supported; use "
                               f"{', '.join(SCHEDULERS)}.")
     if out.get("type") == "CosineAnnealingDecay" and "T_max" in out:
-        warm = out.get("warmup_iters", int(round(out.get("warmup_epochs", 0) * iters_per_epoch)))
-        out["T_max"] = max(out["T_max"] - warm, 1)  # the cosine runs after the warm-up
+        # the cosine runs after the warm-up
+        out["T_max"] = max(out["T_max"] - warmup_iters_of(out, iters_per_epoch), 1)
     return out
 
 
@@ -127,8 +128,7 @@ def hold_cosine_minimum(lr, settings, iters_per_epoch):
     if lr.get("type") != "CosineAnnealingDecay" or "T_max" not in lr:
         return lr
     total = int(settings["iters"]) if settings.get("iters") else int(settings.get("epochs", 0)) * iters_per_epoch
-    warm = lr.get("warmup_iters", int(round(lr.get("warmup_epochs", 0) * iters_per_epoch)))
-    if total - warm <= lr["T_max"]:
+    if total - warmup_iters_of(lr, iters_per_epoch) <= lr["T_max"]:
         return lr
     out = {k: v for k, v in lr.items() if k not in ("type", "T_max", "eta_min")}
     ratio = lr.get("eta_min", 0.0) / lr["learning_rate"] if lr["learning_rate"] else 0.0

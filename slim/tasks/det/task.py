@@ -179,8 +179,7 @@ class Task(TaskBase):
         return path
 
     def load_weights(self, model, path, what="weights"):
-        from slim.engine.checkpoint import load_model_weights
-        return load_model_weights(model, self._resolve(path), what)
+        return super().load_weights(model, self._resolve(path), what)
 
     def pretrained_path(self, cfg):
         """`weights:` (ppdet's trained-model weights: read by eval, infer and for a teacher)."""
@@ -289,9 +288,6 @@ class Task(TaskBase):
         for line in evaluator.lines(metrics):
             log(line)
         return metrics
-
-    def describe_metrics(self, metrics):
-        return " ".join(f"{k}: {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
 
     # ----- inference tools --------------------------------------------------------------------------
     def export_input_spec(self, cfg, input_shape=None):
