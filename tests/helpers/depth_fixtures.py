@@ -4,7 +4,7 @@ import os
 import paddle.nn as nn
 
 from slim.datasets import nuclei
-from tests.helpers.seg_fixtures import write_yaml
+from tests.helpers.seg_fixtures import nuclei_config, write_yaml
 
 
 def segformer(depths, num_classes=2):
@@ -24,18 +24,7 @@ def make_depth_configs(root, crop=64):
     data = os.path.join(root, "data")
     if not os.path.isfile(os.path.join(data, "train.txt")):
         nuclei.prepare(data, train_slices="22-25", val_slices="40-41")
-    base = {
-        "batch_size": 2, "iters": 4,
-        "train_dataset": {"type": "Dataset", "dataset_root": data, "train_path": os.path.join(data, "train.txt"),
-                          "num_classes": 2, "mode": "train",
-                          "transforms": [{"type": "RandomPaddingCrop", "crop_size": [crop, crop]},
-                                         {"type": "Normalize"}]},
-        "val_dataset": {"type": "Dataset", "dataset_root": data, "val_path": os.path.join(data, "val.txt"),
-                        "num_classes": 2, "mode": "val", "transforms": [{"type": "Normalize"}]},
-        "optimizer": {"type": "SGD", "momentum": 0.9, "weight_decay": 4.0e-5},
-        "lr_scheduler": {"type": "PolynomialDecay", "learning_rate": 0.01, "end_lr": 0, "power": 0.9},
-        "loss": {"types": [{"type": "CrossEntropyLoss"}], "coef": [1]},
-    }
+    base = nuclei_config(data, crop)
     deep = dict(base, model=segformer(TEACHER_DEPTHS))
     shallow = dict(base, model=segformer(STUDENT_DEPTHS), distill_loss={"types": [{"type": "KLLoss"}], "coef": [1]})
     return {"deep": write_yaml(os.path.join(root, "deep.yml"), deep),

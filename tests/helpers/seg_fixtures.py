@@ -16,19 +16,7 @@ def make_tiny_seg(root, crop=64):
     """Prepare 6 train / 2 val nuclei slices (ones with nuclei) under root/data and write teacher and student configs."""
     data = os.path.join(root, "data")
     nuclei.prepare(data, train_slices="22-27", val_slices="40-41")
-    base = {
-        "batch_size": 2, "iters": 4,
-        "train_dataset": {"type": "Dataset", "dataset_root": data, "train_path": os.path.join(data, "train.txt"),
-                          "num_classes": 2, "mode": "train",
-                          "transforms": [{"type": "RandomPaddingCrop", "crop_size": [crop, crop]},
-                                         {"type": "RandomHorizontalFlip"}, {"type": "Normalize"}]},
-        "val_dataset": {"type": "Dataset", "dataset_root": data, "val_path": os.path.join(data, "val.txt"),
-                        "num_classes": 2, "mode": "val", "transforms": [{"type": "Normalize"}]},
-        "optimizer": {"type": "SGD", "momentum": 0.9, "weight_decay": 4.0e-5},
-        "lr_scheduler": {"type": "PolynomialDecay", "learning_rate": 0.01, "end_lr": 0, "power": 0.9},
-        "loss": {"types": [{"type": "CrossEntropyLoss"}], "coef": [1]},
-        "model": MODEL,
-    }
+    base = dict(nuclei_config(data, crop, [{"type": "RandomHorizontalFlip"}]), model=MODEL)
     paths = {}
     teacher = dict(base)
     paths["teacher"] = write_yaml(os.path.join(root, "teacher.yml"), teacher)
@@ -46,3 +34,19 @@ def write_yaml(path, data):
     with open(path, "w") as f:
         yaml.safe_dump(data, f, sort_keys=False)
     return path
+
+
+def nuclei_config(data, crop=64, extra_train_transforms=()):
+    """A PaddleSeg training config (no model) on the nuclei data under `data`: 2 per batch, 4 iterations."""
+    return {
+        "batch_size": 2, "iters": 4,
+        "train_dataset": {"type": "Dataset", "dataset_root": data, "train_path": os.path.join(data, "train.txt"),
+                          "num_classes": 2, "mode": "train",
+                          "transforms": [{"type": "RandomPaddingCrop", "crop_size": [crop, crop]},
+                                         *extra_train_transforms, {"type": "Normalize"}]},
+        "val_dataset": {"type": "Dataset", "dataset_root": data, "val_path": os.path.join(data, "val.txt"),
+                        "num_classes": 2, "mode": "val", "transforms": [{"type": "Normalize"}]},
+        "optimizer": {"type": "SGD", "momentum": 0.9, "weight_decay": 4.0e-5},
+        "lr_scheduler": {"type": "PolynomialDecay", "learning_rate": 0.01, "end_lr": 0, "power": 0.9},
+        "loss": {"types": [{"type": "CrossEntropyLoss"}], "coef": [1]},
+    }
