@@ -146,3 +146,24 @@ def test_shipped_yolov3_r34_to_mobilenet_v1_pair_distils(det, tmp_path):
         log = read(out / "record.txt")
         assert "teacher: YOLOv3" in log and "learning rate scaled x0.25" in log
         assert ("l2_out2" in log) if "objdistill" not in student else ("obj_distill_2" in log)
+
+
+def test_shipped_nuclei_pair_distils_on_prepared_nuclei_boxes(tmp_path, capsys):
+    """The benchmark's configs (configs/det/ppyolo_tiny_nuclei_*.yml) on a few slices prepared by the CLI."""
+    data = tmp_path / "nuclei_boxes"
+    assert run_tool("prepare_data", "nuclei_boxes", "--out", data, "--train_slices", "26-28",
+                    "--val_slices", "40-41") == 0
+    opts = ["-o", f"TrainDataset.dataset_dir={data}", f"EvalDataset.dataset_dir={data}", "TrainReader.batch_size=2",
+            f"TrainReader.batch_transforms.0.BatchRandomResize.target_size=[{SIZE}]"]
+    teacher = tmp_path / "teacher.yml"  # the shipped teacher without its (not yet trained) weights
+    teacher.write_text(f"_BASE_: ['{ROOT}/configs/det/ppyolo_tiny_nuclei_teacher.yml']\nweights: null\n")
+    out = tmp_path / "distill"
+    assert run_tool("distill_train", "-c", os.path.join(ROOT, "configs/det/ppyolo_tiny_nuclei_student.yml"),
+                    "-t", teacher, "--allow_untrained_teacher", "--iters", 2, "--save_interval", 2, "--do_eval",
+                    "--log_iters", 1, "--save_dir", out, *opts) == 0
+    assert "[DATA] TrainDataset: 3 images (0 without boxes), 57 boxes" in capsys.readouterr().out
+    log = read(out / "record.txt")
+    assert "[EVAL] #Images: 2 mAP@0.5" in log
+    for level in range(3):
+        assert f"distill pair 'l2_out{level}' (student 'yolo_head.yolo_output.{level}'" in log
+        assert f"L2Loss), weight 10.0" in log and f"l2_out{level}: " in log

@@ -96,6 +96,53 @@ def test_nuclei_loads_with_paddleseg(nuclei_out):
     assert set(np.unique(sample["label"]).tolist()) <= {0, 1}
 
 
+def test_instance_boxes_are_inclusive_pixel_extents():
+    lab = np.zeros((12, 16), dtype=np.uint32)
+    lab[2:5, 3:8] = 7          # rows 2-4, columns 3-7
+    lab[9, 10:12] = 7          # a second piece of the same nucleus widens its box
+    lab[6:8, 0:2] = 3          # 4 pixels: under min_pixels
+    boxes, small = nuclei.instance_boxes(lab, min_pixels=5)
+    assert boxes == [(3, 2, 11, 9)] and small == 1
+    assert nuclei.instance_boxes(lab, min_pixels=1) == ([(0, 6, 1, 7), (3, 2, 11, 9)], 0)
+
+
+@pytest.fixture(scope="module")
+def nuclei_boxes_out(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("nuclei_boxes") / "ds")
+    nuclei.prepare_boxes(out)
+    return out
+
+
+def test_nuclei_boxes_match_the_instance_labels(nuclei_boxes_out):
+    _, labels = nuclei.load_stack()
+    marker = json.load(open(os.path.join(nuclei_boxes_out, "prepared.json")))
+    for split, slices in (("train", range(0, 40)), ("val", range(45, 60))):
+        rows = read_list(nuclei_boxes_out, f"{split}.txt")
+        assert [int(re.search(r"slice_(\d+)", a).group(1)) for a, _ in rows] == list(slices)
+        total = 0
+        for (img_rel, xml_rel), i in zip(rows, slices):
+            assert Image.open(os.path.join(nuclei_boxes_out, img_rel)).size == (256, 256)
+            root = ET.parse(os.path.join(nuclei_boxes_out, xml_rel)).getroot()
+            boxes = [tuple(int(o.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax"))
+                     for o in root.findall("object")]
+            assert {o.findtext("name") for o in root.findall("object")} <= {"nucleus"}
+            assert boxes == nuclei.instance_boxes(labels[i])[0]
+            total += len(boxes)
+        assert total == marker["counts"][split]["boxes"] > 50
+    with open(os.path.join(nuclei_boxes_out, "label_list.txt")) as f:
+        assert f.read().split() == ["nucleus"]
+
+
+def test_nuclei_boxes_load_with_the_detection_task(nuclei_boxes_out):
+    from slim.tasks.det import data as det_data
+
+    ds = {"dataset_dir": nuclei_boxes_out, "image_dir": "", "anno_path": "val.txt", "label_list": "label_list.txt"}
+    data = det_data.load_voc(ds, "EvalDataset")
+    marker = json.load(open(os.path.join(nuclei_boxes_out, "prepared.json")))
+    assert len(data["records"]) == 15 and data["names"] == ["nucleus"]
+    assert data["stats"].boxes == marker["counts"]["val"]["boxes"] and data["stats"].dropped == 0
+
+
 # ---------------------------------------------------------------- trees
 
 @pytest.fixture(scope="module")

