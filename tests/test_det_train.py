@@ -156,7 +156,8 @@ def test_shipped_nuclei_pair_distils_on_prepared_nuclei_boxes(tmp_path, capsys):
     opts = ["-o", f"TrainDataset.dataset_dir={data}", f"EvalDataset.dataset_dir={data}", "TrainReader.batch_size=2",
             f"TrainReader.batch_transforms.0.BatchRandomResize.target_size=[{SIZE}]"]
     teacher = tmp_path / "teacher.yml"  # the shipped teacher without its (not yet trained) weights
-    teacher.write_text(f"_BASE_: ['{ROOT}/configs/det/ppyolo_tiny_nuclei_teacher.yml']\nweights: null\n")
+    teacher.write_text(f"_BASE_: ['{ROOT}/configs/det/ppyolo_tiny_nuclei_teacher.yml']\nweights: null\n"
+                       f"TrainDataset: {{dataset_dir: {data}}}\n")
     out = tmp_path / "distill"
     assert run_tool("distill_train", "-c", os.path.join(ROOT, "configs/det/ppyolo_tiny_nuclei_student.yml"),
                     "-t", teacher, "--allow_untrained_teacher", "--iters", 2, "--save_interval", 2, "--do_eval",

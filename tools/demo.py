@@ -3,7 +3,8 @@
     python tools/demo.py seg [--out output/demo] [--seed 0] [--quick]           (slim/tasks/seg/experiment.py)
     python tools/demo.py cls [--out output/demo-cls] [--seed 0] [--quick]       (slim/tasks/cls/experiment.py)
     python tools/demo.py depth [--out output/demo-depth] [--seed 0] [--quick]   (slim/depth/experiment.py)
-    python tools/demo.py det [--out output/demo-det] [--seed 0] [--quick]       (slim/tasks/det/experiment.py)
+    python tools/demo.py det [--out output/demo-det] [--seed 0] [--quick] [--data nuclei|trees]
+                                                                                (slim/tasks/det/experiment.py)
 
 Every step is the command a user would type; each is printed before it runs, its progress lines are
 shown as they come, and the table of results is printed and written to --out.
@@ -26,7 +27,8 @@ DEMOS = {
     "cls": ("slim.tasks.cls.experiment", "output/demo-cls"),
     # depth distillation (nuclei): 14-block teacher, 7-block students alone / KD / cut at once / progressive
     "depth": ("slim.depth.experiment", "output/demo-depth"),
-    # detection (tree crowns, PaddleDetection's YOLOv3 distillation workflow): teacher, student alone, distilled
+    # detection (PaddleDetection's YOLOv3 distillation workflow; nuclei boxes or tree crowns): teacher, student
+    # alone, distilled
     "det": ("slim.tasks.det.experiment", "output/demo-det"),
 }
 
@@ -37,6 +39,7 @@ def main():
     p.add_argument("--out", default=None, help="output folder (default: the task's, e.g. output/demo)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="a few iterations of each step (checks the pipeline)")
+    p.add_argument("--data", default=None, choices=["nuclei", "trees"], help="det only: the dataset (default nuclei)")
     args = p.parse_args()
     module, default_out = DEMOS[args.task]
     return importlib.import_module(module).demo(args, os.path.abspath(args.out or os.path.join(ROOT, default_out)))
