@@ -1,11 +1,12 @@
 """Does distillation help a small classifier? Teacher, student alone, KD, KD + frozen shared head, over seeds.
 
-    python bench/cls_gain.py --seeds 3 [--out output/bench/cls_gain] [--iters N] [--one_teacher]
+    python bench/cls_gain.py --seeds 3 [--out output/bench/cls_gain] [--per_class 100] [--iters 3000] [--one_teacher]
 
-Data: MNIST-5k (`tools/prepare_data.py mnist`, 4000 train / 1000 val). Configs (configs/cls/):
-teacher convnet_teacher_mnist.yml, student convnet_student_mnist.yml (alone: CE; KD: its `loss` and
+Data: the MNIST-5k file (`tools/prepare_data.py mnist --per_class 100`): at most 100 images per class and
+split, 1000 train / 1000 val (--per_class 0: all of it, 4000 / 1000). Configs (configs/cls/): teacher
+convnet_teacher_mnist.yml, student convnet_student_mnist.yml (alone: CE; KD: its `loss` and
 `distill_loss`), KD + frozen head convnet_student_mnist_head_fixed.yml (the same plus
-`head_from_teacher: true` and `embedding_projection: true`).
+`head_from_teacher: true` and `embedding_projection: true`), pointed at the prepared folder with -o.
 
 For each seed s: train the teacher (seed s; with --one_teacher, seed 0's teacher serves every seed), the
 student alone, KD and KD + frozen head (seed s), all with the package's own commands, the same data and
@@ -47,7 +48,11 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--out", default="output/bench/cls_gain")
-    p.add_argument("--iters", type=int, default=None, help="override the configs' iterations (every run)")
+    p.add_argument("--per_class", type=int, default=experiment.PER_CLASS,
+                   help=f"images per class and split (default {experiment.PER_CLASS}: 1000 train / 1000 val; "
+                        f"0: all of MNIST-5k, 4000 / 1000)")
+    p.add_argument("--iters", type=int, default=experiment.ITERS,
+                   help=f"iterations of every run (default {experiment.ITERS}; 0: the configs' own)")
     p.add_argument("--one_teacher", action="store_true", help="train the teacher once (seed 0) for every seed")
     p.add_argument("--teacher_config", default=experiment.CONFIGS["teacher"])
     p.add_argument("--student_config", default=experiment.CONFIGS["student"])
@@ -56,8 +61,8 @@ def main(argv=None):
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     t_start = time.time()
-    experiment.run([sys.executable, "tools/prepare_data.py", "mnist", "--out", "data/mnist"],
-                   os.path.join(out, "prepare.log"), echo=False)
+    data_dir = f"data/mnist_per_class{args.per_class}" if args.per_class else "data/mnist"
+    opts = experiment.prepare(os.path.join(out, "prepare.log"), data_dir, args.per_class, echo=False)
     configs = {"teacher": args.teacher_config, "student": args.student_config, "head_fixed": args.head_fixed_config}
     extra = ["--iters", str(args.iters)] if args.iters else []
     per_seed, teacher_weights = [], None
@@ -66,7 +71,8 @@ def main(argv=None):
         seed_dir = os.path.join(out, f"seed{seed}")
         if os.path.isdir(os.path.join(seed_dir, "runs")):
             shutil.rmtree(os.path.join(seed_dir, "runs"))  # a fresh run for this seed
-        results = experiment.run_seed(seed_dir, seed, configs, extra, echo=False, teacher_weights=teacher_weights)
+        results = experiment.run_seed(seed_dir, seed, configs, extra, log_iters=500, echo=False,
+                                      teacher_weights=teacher_weights, opts=opts)
         if args.one_teacher and teacher_weights is None:
             teacher_weights = results["teacher"]["weights"]
         per_seed.append(results)
@@ -75,7 +81,8 @@ def main(argv=None):
 
     names = [name for name, _ in experiment.RUNS]
     closed = [experiment.gap_closed(r) or {} for r in per_seed]  # per seed: {distilled run: share of the gap}
-    lines = [f"MNIST-5k (4000 train / 1000 val), {args.seeds} seed(s)"
+    schedule = f"{args.iters} iterations per run" if args.iters else "the configs' iterations"
+    lines = [f"MNIST ({data_dir}: {experiment.split_sizes(data_dir)}), {schedule}, {args.seeds} seed(s)"
              + (", one teacher (seed 0) for every seed" if args.one_teacher else ", a teacher per seed")
              + "; weights of the last iteration; mean ± std (range)", "",
              "| model | parameters (trained) | top-1 | recall@1 (feature matching) | recall@1 vs teacher gallery "

@@ -129,3 +129,11 @@ def test_shipped_configs_load_and_build(name):
     model.eval()
     with paddle.no_grad():
         assert model(*task.example_inputs(cfg, [1, cfg["model"].get("in_channels", 3), 28, 28])).shape == [1, 10]
+
+
+def test_run_folder_name_tells_models_apart():
+    """Two ConvNets that differ only in convs per stage must not share a run folder (resume would mix them)."""
+    one = {"model": {"type": "ConvNet", "channels": [16, 32], "embedding_dim": 64}}
+    two = {"model": dict(one["model"], convs_per_stage=2)}
+    assert Task().run_name(one) == "convnet_16-32_e64"
+    assert Task().run_name(two) == "convnet_16-32_x2_e64"

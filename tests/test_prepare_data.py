@@ -262,6 +262,18 @@ def test_mnist_counts_lists_and_ids(mnist_out):
         assert [line.split()[1] for line in f] == [str(c) for c in range(10)]
 
 
+def test_benchmark_points_the_shipped_configs_at_a_prepared_subset(mnist_out):
+    """bench/cls_gain.py and demo-cls train on `--per_class` folders through -o overrides of the configs."""
+    from slim.engine.launch import load_task_config
+    from slim.tasks.cls import experiment
+    _, cfg = load_task_config(os.path.join(ROOT, experiment.CONFIGS["student"]), experiment.data_opts(mnist_out))
+    for split in ("train", "val"):
+        ds = cfg[f"{split}_dataset"]
+        assert ds["dataset_root"] == mnist_out and ds["file_list"] == f"{mnist_out}/{split}_list.txt"
+        assert ds["type"] == "ClsFileList" and ds["color"] == "gray"  # the rest of the config is kept
+    assert experiment.split_sizes(mnist_out) == "200 train / 200 val"
+
+
 def test_mnist_full_split_is_stratified():
     _, labels = mnist.load_csv()
     train, val = mnist.split(labels, 0.2, seed=0)

@@ -152,6 +152,8 @@ class Task(TaskBase):
         parts = [str(model.get("type", "model")).lower()]
         if model.get("channels"):
             parts.append("-".join(str(c) for c in model["channels"]))
+        if int(model.get("convs_per_stage") or 1) > 1:
+            parts.append(f"x{int(model['convs_per_stage'])}")
         if model.get("depth"):
             parts.append(str(model["depth"]))
         if model.get("embedding_dim"):
