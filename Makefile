@@ -23,7 +23,8 @@ test: install
 demo: install
 	$(BIN)/python tools/demo.py seg --out output/demo
 
-# Classification + feature matching (MNIST-5k): teacher, student alone, KD, KD + frozen shared head.
+# Classification + feature matching (MNIST, 100 images per class): teacher, student alone, KD, KD + frozen
+# shared head (about 16 minutes on 2 cores).
 .PHONY: demo-cls
 demo-cls: install
 	$(BIN)/python tools/demo.py cls --out output/demo-cls
@@ -34,8 +35,9 @@ demo-cls: install
 demo-depth: install
 	$(BIN)/python tools/demo.py depth --out output/demo-depth
 
-# Detection (tree crowns, PaddleDetection's YOLOv3 distillation workflow on a CPU-sized pair): teacher,
-# student alone, distilled student, VOC mAP@0.5 table and sample predictions (about 10 minutes on 2 cores).
+# Detection (nuclei boxes, PaddleDetection's YOLOv3 distillation workflow on a CPU-sized pair): teacher,
+# student alone, distilled student, VOC mAP@0.5 table and sample predictions (about 55 minutes on 2 cores;
+# `python tools/demo.py det --data trees` runs the tree crowns in about 10).
 .PHONY: demo-det
 demo-det: install
 	$(BIN)/python tools/demo.py det --out output/demo-det
