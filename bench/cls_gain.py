@@ -61,8 +61,8 @@ def main(argv=None):
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     t_start = time.time()
-    data_dir = f"data/mnist_per_class{args.per_class}" if args.per_class else "data/mnist"
-    opts = experiment.prepare(os.path.join(out, "prepare.log"), data_dir, args.per_class, echo=False)
+    data_dir = experiment.prepare(os.path.join(out, "prepare.log"), args.per_class, echo=False)
+    opts = experiment.data_opts(data_dir)
     configs = {"teacher": args.teacher_config, "student": args.student_config, "head_fixed": args.head_fixed_config}
     extra = ["--iters", str(args.iters)] if args.iters else []
     per_seed, teacher_weights = [], None

@@ -18,6 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from slim.engine import commands  # noqa: E402
+from slim.tasks.det.experiment import DATASETS as DET_DATASETS  # noqa: E402
 
 # task -> (module with `demo(args, out)`, default output folder)
 DEMOS = {
@@ -39,7 +40,7 @@ def main():
     p.add_argument("--out", default=None, help="output folder (default: the task's, e.g. output/demo)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="a few iterations of each step (checks the pipeline)")
-    p.add_argument("--data", default=None, choices=["nuclei", "trees"], help="det only: the dataset (default nuclei)")
+    p.add_argument("--data", default=None, choices=sorted(DET_DATASETS), help="det only: the dataset (default nuclei)")
     args = p.parse_args()
     module, default_out = DEMOS[args.task]
     return importlib.import_module(module).demo(args, os.path.abspath(args.out or os.path.join(ROOT, default_out)))

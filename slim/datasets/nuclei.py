@@ -86,35 +86,56 @@ def _save_rgb(image, scale, path):
     Image.fromarray(np.stack([grey] * 3, axis=-1)).save(path)
 
 
-def prepare(out, train_slices="0-39", val_slices="45-59", low_pct=0.5, high_pct=99.5, overwrite=False):
-    """Write the dataset into `out`; returns the prepared.json content."""
+def _build_slices(out, name, params, overwrite, train_slices, val_slices, low_pct, high_pct, folders, write_slice,
+                  finish):
+    """The shared preparation of `prepare` and `prepare_boxes`: check the options, make `folders`, then per
+    split write each slice with write_slice(tmp, i, image, label, scale) -> (list line, {stat: number}), the
+    list file and the summed stats; finish(tmp, counts) adds the dataset's own files and returns its class
+    names. Returns (marker, built, gap)."""
     train, val, images, labels, gap = _load_split(train_slices, val_slices, low_pct, high_pct, out)
-    params = {"train_slices": format_ranges(train), "val_slices": format_ranges(val),
-              "low_pct": low_pct, "high_pct": high_pct}
+    params = dict({"train_slices": format_ranges(train), "val_slices": format_ranges(val),
+                   "low_pct": low_pct, "high_pct": high_pct}, **params)
 
     def build(tmp):
         scale = _intensity_scale(images, low_pct, high_pct)
-        os.makedirs(os.path.join(tmp, "images"))
-        os.makedirs(os.path.join(tmp, "labels"))
+        for folder in folders:
+            os.makedirs(os.path.join(tmp, folder))
         counts, lists = {}, {}
         for split, idx in (("train", train), ("val", val)):
-            lines, fg = [], 0
+            lines, totals = [], {}
             for i in idx:
-                mask = (labels[i] > 0).astype(np.uint8)
-                img_rel, lab_rel = f"images/slice_{i:03d}.png", f"labels/slice_{i:03d}.png"
-                _save_rgb(images[i], scale, os.path.join(tmp, img_rel))
-                Image.fromarray(mask).save(os.path.join(tmp, lab_rel))
-                lines.append(f"{img_rel} {lab_rel}")
-                fg += int(mask.sum())
+                line, stats = write_slice(tmp, i, images[i], labels[i], scale)
+                lines.append(line)
+                for k, v in stats.items():
+                    totals[k] = totals.get(k, 0) + v
             write_lines(os.path.join(tmp, f"{split}.txt"), lines)
             lists[f"{split}.txt"] = {"lines": len(lines), "path_columns": 2}
-            counts[split] = {"images": len(idx), "slices": format_ranges(idx),
-                             "foreground_fraction": round(fg / (len(idx) * mask.size), 4)}
-        write_lines(os.path.join(tmp, "labels.txt"), CLASSES)
-        return {"counts": counts, "lists": lists, "classes": CLASSES,
+            counts[split] = {"images": len(idx), "slices": format_ranges(idx), **totals}
+        classes = finish(tmp, counts)
+        return {"counts": counts, "lists": lists, "classes": classes,
                 "intensity_scale": {"low": scale[0], "high": scale[1]}, "gap_slices": gap, "source": PIP}
 
-    marker, built = build_dataset(out, "nuclei", params, build, overwrite)
+    marker, built = build_dataset(out, name, params, build, overwrite)
+    return marker, built, gap
+
+
+def prepare(out, train_slices="0-39", val_slices="45-59", low_pct=0.5, high_pct=99.5, overwrite=False):
+    """Write the dataset into `out`; returns the prepared.json content."""
+    def write_slice(tmp, i, image, label, scale):
+        mask = (label > 0).astype(np.uint8)
+        img_rel, lab_rel = f"images/slice_{i:03d}.png", f"labels/slice_{i:03d}.png"
+        _save_rgb(image, scale, os.path.join(tmp, img_rel))
+        Image.fromarray(mask).save(os.path.join(tmp, lab_rel))
+        return f"{img_rel} {lab_rel}", {"foreground_fraction": int(mask.sum()) / mask.size}
+
+    def finish(tmp, counts):
+        for c in counts.values():  # the mean over the split's slices (all the same size)
+            c["foreground_fraction"] = round(c["foreground_fraction"] / c["images"], 4)
+        write_lines(os.path.join(tmp, "labels.txt"), CLASSES)
+        return CLASSES
+
+    marker, built, gap = _build_slices(out, "nuclei", {}, overwrite, train_slices, val_slices, low_pct, high_pct,
+                                       ("images", "labels"), write_slice, finish)
     if built:
         c = marker["counts"]
         print(f"nuclei: wrote {out}")
@@ -150,35 +171,24 @@ def prepare_boxes(out, train_slices="0-39", val_slices="45-59", low_pct=0.5, hig
 
     if int(min_pixels) != min_pixels or min_pixels < 1:
         raise ConfigError(f"--min_pixels must be a positive integer, got {min_pixels}")
-    train, val, images, labels, gap = _load_split(train_slices, val_slices, low_pct, high_pct, out)
-    params = {"train_slices": format_ranges(train), "val_slices": format_ranges(val),
-              "low_pct": low_pct, "high_pct": high_pct, "min_pixels": int(min_pixels)}
 
-    def build(tmp):
-        scale = _intensity_scale(images, low_pct, high_pct)
-        os.makedirs(os.path.join(tmp, "JPEGImages"))
-        os.makedirs(os.path.join(tmp, "Annotations"))
-        counts, lists = {}, {}
-        for split, idx in (("train", train), ("val", val)):
-            lines, n_boxes, n_small, empty = [], 0, 0, 0
-            for i in idx:
-                name = f"slice_{i:03d}"
-                _save_rgb(images[i], scale, os.path.join(tmp, "JPEGImages", name + ".png"))
-                boxes, small = instance_boxes(labels[i], min_pixels)
-                h, w = labels[i].shape
-                with open(os.path.join(tmp, "Annotations", name + ".xml"), "w") as f:
-                    f.write(voc_xml(name + ".png", w, h, [(BOX_CLASS, *b) for b in boxes]))
-                lines.append(f"JPEGImages/{name}.png Annotations/{name}.xml")
-                n_boxes, n_small, empty = n_boxes + len(boxes), n_small + small, empty + (not boxes)
-            write_lines(os.path.join(tmp, f"{split}.txt"), lines)
-            lists[f"{split}.txt"] = {"lines": len(lines), "path_columns": 2}
-            counts[split] = {"images": len(idx), "slices": format_ranges(idx), "boxes": n_boxes,
-                             "empty_images": empty, "small_left_out": n_small}
+    def write_slice(tmp, i, image, label, scale):
+        name = f"slice_{i:03d}"
+        _save_rgb(image, scale, os.path.join(tmp, "JPEGImages", name + ".png"))
+        boxes, small = instance_boxes(label, min_pixels)
+        h, w = label.shape
+        with open(os.path.join(tmp, "Annotations", name + ".xml"), "w") as f:
+            f.write(voc_xml(name + ".png", w, h, [(BOX_CLASS, *b) for b in boxes]))
+        return (f"JPEGImages/{name}.png Annotations/{name}.xml",
+                {"boxes": len(boxes), "empty_images": int(not boxes), "small_left_out": small})
+
+    def finish(tmp, counts):
         write_lines(os.path.join(tmp, "label_list.txt"), [BOX_CLASS])
-        return {"counts": counts, "lists": lists, "classes": [BOX_CLASS],
-                "intensity_scale": {"low": scale[0], "high": scale[1]}, "gap_slices": gap, "source": PIP}
+        return [BOX_CLASS]
 
-    marker, built = build_dataset(out, "nuclei_boxes", params, build, overwrite)
+    marker, built, gap = _build_slices(out, "nuclei_boxes", {"min_pixels": int(min_pixels)}, overwrite, train_slices,
+                                       val_slices, low_pct, high_pct, ("JPEGImages", "Annotations"),
+                                       write_slice, finish)
     if built:
         c = marker["counts"]
         print(f"nuclei_boxes: wrote {out} (Pascal VOC, one `{BOX_CLASS}` box per nucleus cross-section)")

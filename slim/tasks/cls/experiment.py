@@ -24,7 +24,6 @@ CONFIGS = {
 # within about a point of the teacher; with 1000 the gap is wider and what the teacher's soft labels add
 # shows (distillation helps most where labels are scarce).
 PER_CLASS = 100
-DATA_DIR = f"data/mnist_per_class{PER_CLASS}"
 ITERS = 3000
 RUNS = [("teacher", "teacher"), ("student alone", "student"), ("KD", "kd"), ("KD + frozen head", "kd_head")]
 SHOW = commands.SHOW + ("[EVAL]", "head_from_teacher", "embedding_projection")
@@ -45,11 +44,13 @@ def data_opts(data_dir):
             for key, suffix in (("dataset_root", ""), ("file_list", f"/{split}_list.txt"))]
 
 
-def prepare(log_path, data_dir=DATA_DIR, per_class=PER_CLASS, echo=True):
-    """tools/prepare_data.py mnist for the measured setting; returns data_opts(data_dir)."""
+def prepare(log_path, per_class=PER_CLASS, echo=True):
+    """tools/prepare_data.py mnist with at most `per_class` images per class and split (0: all) into
+    data/mnist_per_class<N> (data/mnist); returns that folder."""
+    data_dir = f"data/mnist_per_class{per_class}" if per_class else "data/mnist"
     run([PY, "tools/prepare_data.py", "mnist", "--out", data_dir] + (["--per_class", str(per_class)] if per_class else []),
         log_path, echo=echo)
-    return data_opts(data_dir)
+    return data_dir
 
 
 def split_sizes(data_dir):
@@ -155,10 +156,11 @@ def demo(args, out):
     print(f"== Classification + feature matching: MNIST, {PER_CLASS} images per class, ConvNet teacher -> tiny "
           f"ConvNet student (outputs in {out})", flush=True)
     t0 = time.time()
-    opts = prepare(os.path.join(out, "logs", "prepare.log"))
+    data_dir = prepare(os.path.join(out, "logs", "prepare.log"))
     iters = 4 if args.quick else ITERS
-    results = run_seed(out, args.seed, extra=["--iters", str(iters)], log_iters=2 if args.quick else 500, opts=opts)
-    title = (f"MNIST, {PER_CLASS} images per class ({DATA_DIR}: {split_sizes(DATA_DIR)}), seed {args.seed}, {iters} "
+    results = run_seed(out, args.seed, extra=["--iters", str(iters)], log_iters=2 if args.quick else 500,
+                       opts=data_opts(data_dir))
+    title = (f"MNIST, {PER_CLASS} images per class ({data_dir}: {split_sizes(data_dir)}), seed {args.seed}, {iters} "
              f"iterations per run; weights of the last iteration; recall@1 = cosine nearest neighbour of each val "
              f"query in a gallery of half of each val class")
     text = table(results, title)
