@@ -1,7 +1,9 @@
 """Checkpoints: written atomically, student weights alone in `model.pdparams`.
 
 A checkpoint folder (`iter_N/`, `best_model/`) holds:
-    model.pdparams       the student's state dict only: loads into the plain model (paddleseg, ppdet, ...)
+    model.pdparams       the student's state dict only: loads into the plain model (paddleseg, ppdet, ...);
+                         with `ema:` on, the averaged weights
+    ema.pdparams         with `ema:` on, the weights being trained and the average's accumulator (ema.py)
     connectors.pdparams  the distillation connectors (absent when there are none)
     model.pdopt          optimizer state, learning-rate schedule included
     train_state.pdstates iteration, epoch, best metric, random states
@@ -21,8 +23,8 @@ import paddle
 
 from slim.distill.errors import ConfigError
 
-MODEL_FILE, CONNECTOR_FILE, OPT_FILE, STATE_FILE = (
-    "model.pdparams", "connectors.pdparams", "model.pdopt", "train_state.pdstates")
+MODEL_FILE, CONNECTOR_FILE, OPT_FILE, STATE_FILE, EMA_FILE = (
+    "model.pdparams", "connectors.pdparams", "model.pdopt", "train_state.pdstates", "ema.pdparams")
 _ITER_RE = re.compile(r"^iter_(\d+)$")
 
 
@@ -38,7 +40,7 @@ def _replace_dir(tmp_dir, final_dir):
 
 
 def save_checkpoint(path, model_state, connector_state=None, optimizer_state=None, train_state=None,
-                    metrics=None):
+                    metrics=None, ema_state=None):
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
@@ -51,6 +53,8 @@ def save_checkpoint(path, model_state, connector_state=None, optimizer_state=Non
             paddle.save(connector_state, os.path.join(tmp, CONNECTOR_FILE))
         if optimizer_state is not None:
             paddle.save(optimizer_state, os.path.join(tmp, OPT_FILE))
+        if ema_state is not None:
+            paddle.save(ema_state, os.path.join(tmp, EMA_FILE))
         if train_state is not None:  # pickle: paddle.load would turn numpy's RNG state into tensors
             with open(os.path.join(tmp, STATE_FILE), "wb") as f:
                 pickle.dump(train_state, f)
@@ -135,11 +139,12 @@ def apply_state(model, state, what="weights", strict=True):
 
 
 def read_checkpoint(path):
-    """Everything in a checkpoint folder (for resuming): dict with model, connectors, optimizer, state."""
+    """Everything in a checkpoint folder (for resuming): dict with model, connectors, optimizer, state, ema."""
     if not os.path.isdir(path):
         raise ConfigError(f"--resume_model {path!r} is not a checkpoint folder (expected e.g. "
                           f"output/iter_1000 holding {MODEL_FILE} and {STATE_FILE}).")
-    files = {"model": MODEL_FILE, "connectors": CONNECTOR_FILE, "optimizer": OPT_FILE, "state": STATE_FILE}
+    files = {"model": MODEL_FILE, "connectors": CONNECTOR_FILE, "optimizer": OPT_FILE, "state": STATE_FILE,
+             "ema": EMA_FILE}
     out = {}
     for key, name in files.items():
         file = os.path.join(path, name)

@@ -8,6 +8,7 @@ Loss of a step = the task's weighted terms (e.g. `loss: {types: [CrossEntropyLos
 Iteration-based (`iters`) or epoch-based (`epochs`); warm-up by iterations or epochs (see optim.py).
 Checkpoints hold the student alone in model.pdparams; connectors, optimizer, schedule, random states
 and the iteration are saved beside it, so `resume_model` continues exactly where a run stopped.
+With `ema:` in the config (ema.py), evaluation and model.pdparams use the moving average of the weights.
 """
 import json
 import os
@@ -24,6 +25,7 @@ from .analysis import describe_model
 from .checkpoint import (MODEL_FILE, apply_state, iter_checkpoints, portable_optimizer_state, read_checkpoint,
                          restore_optimizer_state, save_checkpoint)
 from .data import BatchStream
+from .ema import ModelEMA, ema_settings
 from .hooks import CheckpointHook, EvalHook, LoggerHook, VisualDLHook
 from .optim import build_lr_scheduler, build_optimizer
 
@@ -71,6 +73,7 @@ class Trainer:
         self.best_metric, self.best_iter, self.last_eval_iter = None, None, None
         self.last_losses, self.last_batch_cost, self.last_reader_cost, self.last_batch_size = {}, 0.0, 0.0, 0
         self.vdl_writer = None
+        self.ema = None
         self._log_file = None
         self._notes = list(notes)  # lines logged before the run folder existed (weights loaded, ...)
 
@@ -142,6 +145,11 @@ class Trainer:
             named += [(f"connectors.{n}", p) for n, p in self.distiller.connectors.named_parameters()]
         self.named_params = named
         self.optimizer = build_optimizer(self.settings, named, self.lr)
+        ema = ema_settings(self.settings.get("ema"))
+        self.ema = ModelEMA(unwrap(self.student), **ema) if ema else None
+        if self.ema is not None:
+            self.log(f"weights averaged over training (EMA, decay {ema['decay']}, {ema['type']}): evaluation and "
+                     f"model.pdparams use the average")
         total = sum(int(p.size) for _, p in named if not p.stop_gradient)
         self.log(f"training {total:,} parameters for {self.max_iters} iterations "
                  f"({self.iters_per_epoch} per epoch, batch {batch_size} x {world} process(es))")
@@ -184,7 +192,13 @@ class Trainer:
 
     def _resume(self, path):
         ckpt = read_checkpoint(path)
-        apply_state(unwrap(self.student), ckpt["model"], f"the student weights of {path}")
+        ema = ckpt.get("ema")
+        trained = ema["training_weights"] if ema else ckpt["model"]  # model.pdparams holds the average then
+        apply_state(unwrap(self.student), trained, f"the student weights of {path}")
+        if self.ema is not None and ema:
+            self.ema.set_state_dict(ema, path)
+        elif self.ema is not None:
+            self.log(f"{path} was saved without `ema:`; the average starts from iteration {ckpt['state']['iter']}")
         if self.distiller is not None and ckpt.get("connectors"):
             self.distiller.set_connector_state_dict(ckpt["connectors"])
         self.optimizer.set_state_dict(restore_optimizer_state(ckpt["optimizer"], self.named_params))
@@ -264,6 +278,8 @@ class Trainer:
         loss.backward()
         self.optimizer.step()
         self.optimizer.clear_grad()
+        if self.ema is not None:
+            self.ema.update(unwrap(self.student))
         if isinstance(self.lr, paddle.optimizer.lr.LRScheduler):
             self.lr.step()
         values = OrderedDict(loss=float(loss))
@@ -283,24 +299,38 @@ class Trainer:
         return {"iter": self.iter, "epoch": self.epoch, "best_metric": self.best_metric,
                 "best_iter": self.best_iter, "rng": rng, "max_iters": self.max_iters}
 
+    def model_state(self):
+        """The student's weights as saved and evaluated: the moving average when `ema:` is on."""
+        model = unwrap(self.student)
+        return self.ema.averaged_state(model) if self.ema is not None else model.state_dict()
+
     def save_checkpoint(self, name=None, metrics=None, full=True):
         state = self._train_state() if full else None
         path = os.path.join(self.save_dir, name or f"iter_{self.iter}")
         if env.is_main_process():
             connectors = self.distiller.connector_state_dict() if self.distiller is not None else None
-            save_checkpoint(path, unwrap(self.student).state_dict(), connectors,
+            ema = None
+            if self.ema is not None and full:
+                ema = dict(self.ema.state_dict(), training_weights=unwrap(self.student).state_dict())
+            save_checkpoint(path, self.model_state(), connectors,
                             portable_optimizer_state(self.optimizer.state_dict(), self.named_params) if full else None,
-                            state, metrics)
+                            state, metrics, ema)
         env.barrier()
         return path
 
     def evaluate(self):
         model = unwrap(self.student)
+        trained = None
+        if self.ema is not None:  # evaluate the average, then put the weights being trained back
+            trained = {k: v.clone() for k, v in model.state_dict().items()}
+            model.set_state_dict(self.ema.averaged_state(model))
         model.eval()
         try:
             with paddle.no_grad():
                 metrics = self.task.evaluate(model, self.val_set, self.cfg, log=self.log)
         finally:
+            if trained is not None:
+                model.set_state_dict(trained)
             self._set_train_mode()
         return metrics
 
@@ -313,7 +343,7 @@ class Trainer:
             value = metrics[self.task.primary_metric]
             if self.best_metric is None or value > self.best_metric:
                 self.best_metric, self.best_iter = value, self.iter
-                save_checkpoint(os.path.join(self.save_dir, "best_model"), model_state=unwrap(self.student).state_dict(),
+                save_checkpoint(os.path.join(self.save_dir, "best_model"), model_state=self.model_state(),
                                 connector_state=(self.distiller.connector_state_dict() if self.distiller else None),
                                 metrics={"iter": self.iter, **{k: v for k, v in metrics.items()
                                                                if isinstance(v, (int, float))}})

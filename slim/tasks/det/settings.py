@@ -14,6 +14,8 @@
     OptimizerBuilder.optimizer {type, momentum, ...}, regularizer {type: L2, factor}, clip_grad_by_norm
                                     -> optimizer {type, momentum, weight_decay, grad_clip_cfg}
     reference_batch_size            -> kept; when absent: TrainReader.batch_size x reference_gpus (default 1)
+    use_ema, ema_decay, ema_decay_type, ema_black_list
+                                    -> ema {decay, type, black_list} (the trainer's moving average, ema.py)
 
 The trainer scales the learning rate and the warm-up linearly when the run's total batch (per-process
 batch x processes) differs from reference_batch_size (the rule PaddleDetection's distillation docs ask users to apply by hand).
@@ -177,6 +179,16 @@ def reference_batch(cfg):
     return None
 
 
+def translate_ema(cfg):
+    if not cfg.get("use_ema"):
+        return None
+    if int(cfg.get("cycle_epoch", -1) or -1) > 0:
+        raise ConfigError("cycle_epoch (resetting the EMA every N epochs) is not supported; remove it or set "
+                          "cycle_epoch: -1.")
+    return {"decay": cfg.get("ema_decay", 0.9998), "type": cfg.get("ema_decay_type", "threshold"),
+            "black_list": cfg.get("ema_black_list") or []}
+
+
 def training_settings(cfg, iters_per_epoch):
     """The trainer's settings from a ppdet config (engine-style keys given in the config win)."""
     out = dict(cfg)
@@ -192,4 +204,6 @@ def training_settings(cfg, iters_per_epoch):
     ref = reference_batch(cfg)
     if ref:
         out["reference_batch_size"] = ref
+    if "ema" not in cfg:
+        out["ema"] = translate_ema(cfg)
     return out

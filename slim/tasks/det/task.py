@@ -113,8 +113,6 @@ class Task(TaskBase):
         return max(n // max(total, 1), 1)
 
     def training_settings(self, cfg):
-        if cfg.get("use_ema"):
-            self._note("note: use_ema is ignored (the shared trainer keeps no EMA weights).")
         return det_settings.training_settings(cfg, self.iters_per_epoch(cfg))
 
     def _note(self, text):
