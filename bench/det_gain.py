@@ -72,6 +72,8 @@ def main():
     p.add_argument("--teacher_weights", default=None, help="reuse a trained teacher instead of training one")
     p.add_argument("--out", default=None, help="default: output/bench_det (nuclei), output/bench_det_trees (trees)")
     p.add_argument("--verbose", action="store_true", help="show the training lines")
+    p.add_argument("--jobs", type=int, default=1, help="training runs at once, each on its share of the cores "
+                   "(2 on a 2-core machine: the teacher trains beside the students alone)")
     args = p.parse_args()
     d = DATASETS[args.data]
     teacher_cfg, student_cfg = args.teacher_config or d["teacher"], args.student_config or d["student"]
@@ -85,16 +87,50 @@ def main():
     prepare(logs, args.data)
     t_start = time.time()
     timings = {}
-    teacher_w = args.teacher_weights
-    if teacher_w is None:
-        print(f"== teacher ({teacher_cfg}, {teacher_iters} iterations, seed 0)", flush=True)
-        tdir = fresh(os.path.join(out, "teacher"))
-        timings["teacher"] = train(teacher_cfg, tdir, teacher_iters, 0, os.path.join(logs, "teacher.log"),
-                                   verbose=args.verbose)
-        teacher_w = last_checkpoint(tdir)
-    teacher_map = evaluate(teacher_cfg, teacher_w, os.path.join(out, "eval_teacher.json"),
-                           os.path.join(logs, "eval_teacher.log"), args.verbose)["mAP50"]
-    print(f"   teacher mAP@0.5 {teacher_map:.4f}", flush=True)
+
+    def run_student(key, n, seed, teacher_weights=None, threads=None):
+        """One student run (distilled when teacher_weights is given) and its mAP@0.5."""
+        rdir = fresh(os.path.join(out, key))
+        timings[key] = train(student_cfg, rdir, n, seed, os.path.join(logs, f"{key}.log"),
+                             teacher_cfg=teacher_cfg if teacher_weights else None, teacher_weights=teacher_weights,
+                             verbose=args.verbose, threads=threads)
+        value = evaluate(student_cfg, last_checkpoint(rdir), os.path.join(rdir, "eval.json"),
+                         os.path.join(logs, f"eval_{key}.log"), args.verbose, threads)["mAP50"]
+        print(f"   {key}: mAP@0.5 {value:.4f} ({timings[key]:.0f} s)", flush=True)
+        return value
+
+    runs = [("student alone", "student", iters, False), ("distilled", "distilled", iters, True)]
+    long_runs = [("student alone, long", "student_long", long_iters, False),
+                 ("distilled, long", "distilled_long", long_iters, True)] if long_iters else []
+    planned = [(name, f"{key}_seed{seed}", n, seed, distill) for seed in range(args.seeds)
+               for name, key, n, distill in runs + (long_runs if seed < args.long_seeds else [])]
+    results = {}
+    # the teacher and the students alone are independent: with --jobs 2 they train side by side
+    with commands.Jobs(args.jobs) as jobs:
+        teacher_w = args.teacher_weights
+        teacher_run = None
+        if teacher_w is None:
+            print(f"== teacher ({teacher_cfg}, {teacher_iters} iterations, seed 0)", flush=True)
+            tdir = fresh(os.path.join(out, "teacher"))
+            teacher_run = jobs.submit(train, teacher_cfg, tdir, teacher_iters, 0, os.path.join(logs, "teacher.log"),
+                                      verbose=args.verbose)
+        for name, key, n, seed, distill in planned:
+            if not distill:
+                print(f"== {name}, seed {seed} ({n} iterations)", flush=True)
+                results[key] = jobs.submit(run_student, key, n, seed)
+        if teacher_run is not None:
+            timings["teacher"] = teacher_run.result()
+            teacher_w = last_checkpoint(tdir)
+        teacher_map = evaluate(teacher_cfg, teacher_w, os.path.join(out, "eval_teacher.json"),
+                               os.path.join(logs, "eval_teacher.log"), args.verbose)["mAP50"]
+        print(f"   teacher mAP@0.5 {teacher_map:.4f}", flush=True)
+        for name, key, n, seed, distill in planned:
+            if distill:
+                print(f"== {name}, seed {seed} ({n} iterations)", flush=True)
+                results[key] = jobs.submit(run_student, key, n, seed, teacher_w)
+        rows = {name: [] for name, *_ in runs + long_runs}
+        for name, key, *_ in planned:
+            rows[name].append(results[key].result())
 
     # the reference every trained model must beat: the student as initialised (anchor-sized boxes, constant
     # objectness), i.e. what the metric gives for no learning at all
@@ -103,23 +139,6 @@ def main():
     init_map = evaluate(student_cfg, init_w, os.path.join(out, "eval_init.json"),
                         os.path.join(logs, "eval_init.log"), args.verbose)["mAP50"]
     print(f"   untrained student mAP@0.5 {init_map:.4f}", flush=True)
-
-    runs = [("student alone", "student", iters, False), ("distilled", "distilled", iters, True)]
-    long_runs = [("student alone, long", "student_long", long_iters, False),
-                 ("distilled, long", "distilled_long", long_iters, True)] if long_iters else []
-    rows = {name: [] for name, *_ in runs + long_runs}
-    for seed in range(args.seeds):
-        for name, key, n, distill in runs + (long_runs if seed < args.long_seeds else []):
-            key = f"{key}_seed{seed}"
-            rdir = fresh(os.path.join(out, key))
-            print(f"== {name}, seed {seed} ({n} iterations)", flush=True)
-            timings[key] = train(student_cfg, rdir, n, seed, os.path.join(logs, f"{key}.log"),
-                                 teacher_cfg=teacher_cfg if distill else None,
-                                 teacher_weights=teacher_w if distill else None, verbose=args.verbose)
-            value = evaluate(student_cfg, last_checkpoint(rdir), os.path.join(rdir, "eval.json"),
-                             os.path.join(logs, f"eval_{key}.log"), args.verbose)["mAP50"]
-            rows[name].append(value)
-            print(f"   mAP@0.5 {value:.4f} ({timings[key]:.0f} s)", flush=True)
 
     short, gains = gain_rows(rows["student alone"], rows["distilled"], iters)
     n_val = json.load(open(os.path.join(out, "eval_teacher.json"))).get("images")
@@ -137,7 +156,7 @@ def main():
     if long_iters:
         lines += gain_rows(rows["student alone, long"], rows["distilled, long"], long_iters, ", long schedule",
                            "gain, long schedule")[0]
-    lines += ["", f"total time {time.time() - t_start:.0f} s: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())]
+    lines += ["", f"total time {time.time() - t_start:.0f} s with {args.jobs} run(s) at a time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())]
     table = "\n".join(lines)
     print("\n" + table, flush=True)
     with open(os.path.join(out, "results.md"), "w") as f:

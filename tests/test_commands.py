@@ -35,3 +35,23 @@ def test_last_checkpoint_picks_the_largest_iteration(tmp_path):
     assert commands.last_checkpoint(str(tmp_path)) == str(tmp_path / "iter_100" / "model.pdparams")
     with pytest.raises(RuntimeError, match="no checkpoint"):
         commands.last_checkpoint(str(tmp_path / "best_model"))
+
+
+def test_jobs_run_side_by_side_on_a_share_of_the_cores(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # `make` exports 2: each of two jobs must get one core instead
+    monkeypatch.setattr(commands.os, "cpu_count", lambda: 2)
+    # each command waits for the other's file: they finish only if they run at the same time
+    script = ("import os, sys, time; open(sys.argv[1], 'w').close(); t = time.time()\n"
+              "while not os.path.exists(sys.argv[2]):\n"
+              "    time.sleep(0.05); assert time.time() - t < 60\n"
+              "print('threads', os.environ['OMP_NUM_THREADS'])")
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    with commands.Jobs(2) as jobs:
+        first = jobs.submit(commands.run, [sys.executable, "-c", script, a, b], str(tmp_path / "a.log"), echo=False)
+        second = jobs.submit(commands.run, [sys.executable, "-c", script, b, a], str(tmp_path / "b.log"), echo=False)
+        assert first.result() >= 0 and second.result() >= 0
+    assert (tmp_path / "a.log").read_text().strip() == "threads 1" == (tmp_path / "b.log").read_text().strip()
+    with commands.Jobs(1) as jobs:  # one at a time: the caller's threads, and the result at once
+        done = jobs.submit(commands.run, [sys.executable, "-c", "import os; print(os.environ['OMP_NUM_THREADS'])"],
+                           str(tmp_path / "c.log"), echo=False)
+    assert done.result() >= 0 and (tmp_path / "c.log").read_text().strip() == "2"

@@ -39,9 +39,9 @@ DATASETS = {
 SHOW = ("[TRAIN]", "[EVAL] #Images", "[EVAL] Class", "[DATA]", "error", "Error", "Traceback", "box(es)", "distill ")
 
 
-def run(cmd, log_path, verbose=True):
+def run(cmd, log_path, verbose=True, threads=None):
     """Run a command from the repository root; stream the lines worth seeing; keep everything in log_path."""
-    return commands.run(cmd, log_path, show=SHOW if verbose else ())
+    return commands.run(cmd, log_path, show=SHOW if verbose else (), threads=threads)
 
 
 def fresh(path):
@@ -56,7 +56,7 @@ def prepare(logs, dataset="nuclei"):
         run([PY, "tools/prepare_data.py"] + d["prepare"], os.path.join(logs, "prepare.log"))
 
 
-def train(cfg, save_dir, iters, seed, log_path, teacher_cfg=None, teacher_weights=None, verbose=True):
+def train(cfg, save_dir, iters, seed, log_path, teacher_cfg=None, teacher_weights=None, verbose=True, threads=None):
     if teacher_cfg is None:
         cmd = [PY, "tools/train.py", "-c", cfg]
     else:
@@ -64,11 +64,12 @@ def train(cfg, save_dir, iters, seed, log_path, teacher_cfg=None, teacher_weight
                teacher_weights]
     cmd += ["--iters", str(iters), "--seed", str(seed), "--save_dir", save_dir, "--log_iters", "25",
             "--save_interval", "1000000"]
-    return run(cmd, log_path, verbose)
+    return run(cmd, log_path, verbose, threads)
 
 
-def evaluate(cfg, weights, out_json, log_path, verbose=True):
-    run([PY, "tools/eval.py", "-c", cfg, "-o", f"weights={weights}", "--save_json", out_json], log_path, verbose)
+def evaluate(cfg, weights, out_json, log_path, verbose=True, threads=None):
+    run([PY, "tools/eval.py", "-c", cfg, "-o", f"weights={weights}", "--save_json", out_json], log_path, verbose,
+        threads)
     with open(out_json) as f:
         return json.load(f)
 
