@@ -114,6 +114,12 @@ def test_trainer_saves_and_evaluates_the_average_and_trains_the_plain_weights(cl
     evaluated = json.loads((root / "eval.json").read_text())
     assert len(logged) == 1 and evaluated["top1"] == pytest.approx(logged[0]["Evaluate/top1"])
     assert "EMA, decay 0.7, normal" in (root / "ema" / "record.txt").read_text()
+    # ema.pdparams given as weights: the weights as trained, which score as the plain run's
+    assert run_tool("eval", "--config", cls_ema["plain"], "--model_path", root / "ema" / "iter_5" / "ema.pdparams",
+                    "--save_json", root / "eval_trained.json") == 0
+    assert run_tool("eval", "--config", cls_ema["plain"], "--model_path", root / "plain" / "iter_5" / "model.pdparams",
+                    "--save_json", root / "eval_plain.json") == 0
+    assert json.loads((root / "eval_trained.json").read_text()) == json.loads((root / "eval_plain.json").read_text())
 
 
 def test_resume_with_ema_equals_an_unbroken_run(cls_ema):

@@ -111,6 +111,8 @@ def load_model_weights(model, path, what="weights", strict=True):
     state = load_state(path, what)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]  # checkpoints of some tools nest the weights
+    elif isinstance(state, dict) and isinstance(state.get("training_weights"), dict):
+        state = state["training_weights"]  # ema.pdparams: the weights as trained, not averaged
     apply_state(model, state, f"{what} {resolve_weights_path(path)}", strict)
     return path
 
