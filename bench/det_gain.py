@@ -1,25 +1,25 @@
-"""Does distillation help the detection student? Teacher, student alone and distilled student, mAP@0.5 over seeds.
+"""Does distillation help the detection student, and at which training budget? mAP@0.5 over seeds.
 
-    python bench/det_gain.py --seeds 2                       # nuclei boxes, the CPU pair (1 h 45 min on 2 cores)
-    python bench/det_gain.py --seeds 2 --data trees --long_iters 0   # the same pair on the tree crowns (10 minutes)
+    python bench/det_gain.py --seeds 3 --jobs 2                 # nuclei boxes, the CPU pair (README: time)
+    python bench/det_gain.py --seeds 2 --data trees --jobs 2    # the same pair on the tree crowns (minutes)
     python bench/det_gain.py --seeds 3 --teacher_config configs/det/yolov3_r34_trees_teacher.yml \\
-        --student_config configs/det/yolov3_mobilenet_v1_trees_student.yml --data trees --teacher_iters 20000 --iters 10000
+        --student_config configs/det/yolov3_mobilenet_v1_trees_student.yml --data trees --teacher_iters 20000 \\
+        --budgets 10000                                        # PaddleDetection's pair, for a GPU
 
 What it measures, by default (say so when quoting it): the nuclei boxes of `tools/prepare_data.py
 nuclei_boxes` (slices 0-39 train, 384 boxes; slices 45-59 val, 104 boxes; one class), models trained FROM
 SCRATCH on CPU (no pretrained backbone exists offline), VOC mAP@0.5 (11-point) of the weights of the last
-iteration on the validation slices (no best-checkpoint picking on the set we report). The pair is
-PP-YOLO-Tiny-shaped: a MobileNetV3-large-x0.5 teacher (1.0M parameters) and a MobileNetV3-small-x0.35
-student (0.17M), PaddleDetection's YOLOv3 distillation (L2 on the three YOLOv3 head outputs). The teacher is
-trained once (seed 0, --teacher_iters); the student alone and the distilled student run the same schedule
-(--iters) for each seed, and both also run the teacher's schedule (--long_iters, default --teacher_iters)
-for the first --long_seeds seeds: from scratch a short run of the student alone has barely started to
-detect, so the short-schedule gain is mostly a faster start; the long schedule shows what is left of it
-when the student alone has had time. The table gives mean and spread (sample standard deviation) over
-seeds, and every run. This is not PaddleDetection's
-setting (VOC, ImageNet-pretrained backbones, 90k iterations on 4 GPUs): the configs of its ResNet34 ->
-MobileNetV1 pair are shipped for that; on this CPU they cannot be trained to a useful mAP in the time of
-a benchmark.
+iteration (their moving average: the configs set use_ema, as PP-YOLO's do) on the validation slices, no
+best-checkpoint picking on the set we report. The pair is PP-YOLO-Tiny-shaped: a MobileNetV3-large-x0.5
+teacher (1.0M parameters) and a MobileNetV3-small-x0.35 student (0.17M), PaddleDetection's YOLOv3
+distillation (L2 on the three YOLOv3 head outputs). The teacher is trained once (seed 0, --teacher_iters).
+For each training budget (--budgets, student iterations; the learning-rate schedule spans each run) and
+each seed, the student alone and the distilled student run the same schedule, and the table gives both,
+their per-seed difference, mean and spread (sample standard deviation) over seeds, and every run. Several
+budgets, because from scratch the gain depends on them: a short run of the student alone has barely
+started to detect, while a long one has had time to catch up. This is not PaddleDetection's setting (VOC,
+ImageNet-pretrained backbones, 90k iterations on 4 GPUs): the configs of its ResNet34 -> MobileNetV1 pair
+are shipped for that; on this CPU they cannot be trained to a useful mAP in the time of a benchmark.
 """
 import argparse
 import json
@@ -43,18 +43,11 @@ def save_initial_weights(cfg_path, path):
     paddle.save(task.build_model(cfg).state_dict(), path)
 
 
-def row(name, values, iters, fmt=".4f"):
-    """A table row: mean, sample sd (`-` for one run) and every run."""
+def cell(values, fmt=".4f"):
+    """mean +- sample sd (no sd for one run), then every run."""
     mean, sd = mean_sd(values)
-    spread = f"{sd:.4f}" if len(values) > 1 else "-"
-    return f"| {name} | {iters} | {mean:{fmt}} | {spread} | " + ", ".join(f"{v:{fmt}}" for v in values) + " |"
-
-
-def gain_rows(alone, distilled, iters, suffix="", gain_name="gain (distilled - alone, same seed)"):
-    """Rows of the student alone, the distilled student and their per-seed difference."""
-    gains = [b - a for a, b in zip(alone, distilled)]
-    return [row(f"student alone{suffix}", alone, iters), row(f"distilled student{suffix}", distilled, iters),
-            row(gain_name, gains, iters, fmt="+.4f")], gains
+    spread = f" +- {sd:.4f}" if len(values) > 1 else ""
+    return f"{mean:{fmt}}{spread} ({', '.join(f'{v:{fmt}}' for v in values)})"
 
 
 def main():
@@ -63,12 +56,9 @@ def main():
     p.add_argument("--data", default="nuclei", choices=sorted(DATASETS))
     p.add_argument("--teacher_config", default=None, help="default: the dataset's teacher config")
     p.add_argument("--student_config", default=None, help="default: the dataset's student config")
-    p.add_argument("--teacher_iters", type=int, default=None, help="default: 2000 (nuclei), 300 (trees)")
-    p.add_argument("--iters", type=int, default=None, help="iterations of each student run; default: 800 (nuclei), "
-                   "150 (trees)")
-    p.add_argument("--long_iters", type=int, default=None,
-                   help="iterations of the long-schedule runs, alone and distilled (default: --teacher_iters; 0: skip them)")
-    p.add_argument("--long_seeds", type=int, default=1, help="run the long schedule for the first N seeds (default 1)")
+    p.add_argument("--teacher_iters", type=int, default=None, help="default: the dataset's (nuclei 4000, trees 300)")
+    p.add_argument("--budgets", default=None,
+                   help="student iterations per run, comma-separated (default: nuclei 800,2000; trees 150)")
     p.add_argument("--teacher_weights", default=None, help="reuse a trained teacher instead of training one")
     p.add_argument("--out", default=None, help="default: output/bench_det (nuclei), output/bench_det_trees (trees)")
     p.add_argument("--verbose", action="store_true", help="show the training lines")
@@ -77,9 +67,8 @@ def main():
     args = p.parse_args()
     d = DATASETS[args.data]
     teacher_cfg, student_cfg = args.teacher_config or d["teacher"], args.student_config or d["student"]
-    teacher_iters = args.teacher_iters or d["iters"][0]
-    iters = args.iters or d["iters"][1]
-    long_iters = teacher_iters if args.long_iters is None else args.long_iters
+    teacher_iters = args.teacher_iters or d["bench"]["teacher_iters"]
+    budgets = [int(b) for b in str(args.budgets).split(",")] if args.budgets else list(d["bench"]["budgets"])
     out = os.path.abspath(os.path.join(ROOT, args.out or ("output/bench_det" if args.data == "nuclei"
                                                           else f"output/bench_det_{args.data}")))
     logs = os.path.join(out, "logs")
@@ -99,11 +88,11 @@ def main():
         print(f"   {key}: mAP@0.5 {value:.4f} ({timings[key]:.0f} s)", flush=True)
         return value
 
-    runs = [("student alone", "student", iters, False), ("distilled", "distilled", iters, True)]
-    long_runs = [("student alone, long", "student_long", long_iters, False),
-                 ("distilled, long", "distilled_long", long_iters, True)] if long_iters else []
-    planned = [(name, f"{key}_seed{seed}", n, seed, distill) for seed in range(args.seeds)
-               for name, key, n, distill in runs + (long_runs if seed < args.long_seeds else [])]
+    planned = [(n, seed, distill) for n in budgets for seed in range(args.seeds) for distill in (False, True)]
+
+    def key_of(n, seed, distill):
+        return f"{'distilled' if distill else 'student'}_{n}_seed{seed}"
+
     results = {}
     # the teacher and the students alone are independent: with --jobs 2 they train side by side
     with commands.Jobs(args.jobs) as jobs:
@@ -114,23 +103,21 @@ def main():
             tdir = fresh(os.path.join(out, "teacher"))
             teacher_run = jobs.submit(train, teacher_cfg, tdir, teacher_iters, 0, os.path.join(logs, "teacher.log"),
                                       verbose=args.verbose)
-        for name, key, n, seed, distill in planned:
+        for n, seed, distill in planned:
             if not distill:
-                print(f"== {name}, seed {seed} ({n} iterations)", flush=True)
-                results[key] = jobs.submit(run_student, key, n, seed)
+                print(f"== student alone, seed {seed} ({n} iterations)", flush=True)
+                results[n, seed, distill] = jobs.submit(run_student, key_of(n, seed, distill), n, seed)
         if teacher_run is not None:
             timings["teacher"] = teacher_run.result()
             teacher_w = last_checkpoint(tdir)
         teacher_map = evaluate(teacher_cfg, teacher_w, os.path.join(out, "eval_teacher.json"),
                                os.path.join(logs, "eval_teacher.log"), args.verbose)["mAP50"]
         print(f"   teacher mAP@0.5 {teacher_map:.4f}", flush=True)
-        for name, key, n, seed, distill in planned:
+        for n, seed, distill in planned:
             if distill:
-                print(f"== {name}, seed {seed} ({n} iterations)", flush=True)
-                results[key] = jobs.submit(run_student, key, n, seed, teacher_w)
-        rows = {name: [] for name, *_ in runs + long_runs}
-        for name, key, *_ in planned:
-            rows[name].append(results[key].result())
+                print(f"== distilled student, seed {seed} ({n} iterations)", flush=True)
+                results[n, seed, distill] = jobs.submit(run_student, key_of(n, seed, distill), n, seed, teacher_w)
+        maps = {run: future.result() for run, future in results.items()}
 
     # the reference every trained model must beat: the student as initialised (anchor-sized boxes, constant
     # objectness), i.e. what the metric gives for no learning at all
@@ -140,30 +127,34 @@ def main():
                         os.path.join(logs, "eval_init.log"), args.verbose)["mAP50"]
     print(f"   untrained student mAP@0.5 {init_map:.4f}", flush=True)
 
-    short, gains = gain_rows(rows["student alone"], rows["distilled"], iters)
     n_val = json.load(open(os.path.join(out, "eval_teacher.json"))).get("images")
+    seeds = list(range(args.seeds))
     lines = [
         f"Detection distillation gain: {d['title']}, from scratch on CPU; VOC mAP@0.5 (11-point) on the {n_val} "
-        f"val images, last-iteration weights; {args.seeds} seed(s)",
+        f"val images, last-iteration weights; {args.seeds} seed(s) per budget",
         f"teacher: {teacher_cfg} ({teacher_iters if args.teacher_weights is None else 'given'} iterations, "
-        f"seed 0); student: {student_cfg}",
+        f"seed 0): mAP@0.5 {teacher_map:.4f}; student: {student_cfg}, untrained (no learning): {init_map:.4f}",
         "",
-        "| model | iterations | mAP@0.5 mean | spread (sd) | runs (seed 0, 1, ...) |",
-        "| --- | --- | --- | --- | --- |",
-        f"| student, untrained (no learning) | 0 | {init_map:.4f} | - | 1 |",
-        f"| teacher | {teacher_iters if args.teacher_weights is None else 'given'} | {teacher_map:.4f} | - | 1 |",
-    ] + short
-    if long_iters:
-        lines += gain_rows(rows["student alone, long"], rows["distilled, long"], long_iters, ", long schedule",
-                           "gain, long schedule")[0]
+        "| student iterations | student alone | distilled student | gain (distilled - alone, same seed) |",
+        "| --- | --- | --- | --- |",
+    ]
+    gains = {}
+    for n in budgets:
+        alone = [maps[n, seed, False] for seed in seeds]
+        distilled = [maps[n, seed, True] for seed in seeds]
+        gains[n] = [b - a for a, b in zip(alone, distilled)]
+        lines.append(f"| {n} | {cell(alone)} | {cell(distilled)} | {cell(gains[n], '+.4f')} |")
+    lines += ["", "Cells: mean +- sample sd over seeds, then each seed's value (seed 0, 1, ...)."]
     lines += ["", f"total time {time.time() - t_start:.0f} s with {args.jobs} run(s) at a time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())]
     table = "\n".join(lines)
     print("\n" + table, flush=True)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(table + "\n")
     with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump({"untrained": init_map, "teacher": teacher_map, **rows, "gains": gains, "timings_s": timings,
-                   "args": vars(args)}, f, indent=1)
+        json.dump({"untrained": init_map, "teacher": teacher_map,
+                   "runs": [{"iters": n, "seed": seed, "distilled": distill, "mAP50": maps[n, seed, distill]}
+                            for n, seed, distill in planned],
+                   "gains": {str(n): g for n, g in gains.items()}, "timings_s": timings, "args": vars(args)}, f, indent=1)
 
 
 if __name__ == "__main__":

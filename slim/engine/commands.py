@@ -24,10 +24,12 @@ class CommandFailed(RuntimeError):
         self.code = code
 
 
-def run(cmd, log_path, show=SHOW, echo=True, every=1, width=170, threads=None):
+def run(cmd, log_path, show=SHOW, echo=True, every=1, width=170, threads=None, label=None):
     """Run cmd; print it and the lines containing one of `show` (every `every`-th [TRAIN] line), write all
     of its output to log_path. Returns the wall time in seconds; raises CommandFailed on a non-zero exit.
-    `threads`: the command's OMP_NUM_THREADS (default: the caller's, else 2)."""
+    `threads`: the command's OMP_NUM_THREADS (default: the caller's, else 2). `label` starts each shown
+    line (for commands running side by side)."""
+    indent = f"    [{label}] " if label else "    "
     cmd = [str(c) for c in cmd]
     if echo:
         print("$ " + " ".join(cmd), flush=True)
@@ -46,7 +48,7 @@ def run(cmd, log_path, show=SHOW, echo=True, every=1, width=170, threads=None):
                     shown += 1
                     if shown % every:
                         continue
-                print("    " + line.rstrip()[-width:], flush=True)
+                print(indent + line.rstrip()[-width:], flush=True)
         code = proc.wait()
     if code != 0:
         raise CommandFailed(cmd, code, log_path)

@@ -23,25 +23,27 @@ import statistics
 from slim.engine import commands
 from slim.engine.commands import PY, ROOT, last_checkpoint
 
-# name -> configs, data, the command that prepares the data, and the schedule (teacher, student iterations)
+# name -> configs, data, the command that prepares the data, the demo's schedule (teacher, student iterations)
+# and the benchmark's (teacher iterations, student budgets)
 DATASETS = {
     "nuclei": {"teacher": "configs/det/ppyolo_tiny_nuclei_teacher.yml",
                "student": "configs/det/ppyolo_tiny_nuclei_student.yml",
                "data": "data/nuclei_boxes", "prepare": ["nuclei_boxes", "--out", "data/nuclei_boxes"],
                "title": "fluorescence nuclei, a box per nucleus cross-section", "iters": (2000, 800),
+               "bench": {"teacher_iters": 4000, "budgets": (800, 2000)},
                "draw_threshold": 0.3},
     "trees": {"teacher": "configs/det/ppyolo_tiny_trees_teacher.yml",
               "student": "configs/det/ppyolo_tiny_trees_student.yml",
               "data": "data/trees", "prepare": ["trees", "--out", "data/trees"],
-              "title": "tree crowns", "iters": (300, 150),
+              "title": "tree crowns", "iters": (300, 150), "bench": {"teacher_iters": 300, "budgets": (150,)},
               "draw_threshold": 0.03},  # these models score below 0.1: a 0.5 threshold would draw nothing
 }
 SHOW = ("[TRAIN]", "[EVAL] #Images", "[EVAL] Class", "[DATA]", "error", "Error", "Traceback", "box(es)", "distill ")
 
 
-def run(cmd, log_path, verbose=True, threads=None):
+def run(cmd, log_path, verbose=True, threads=None, label=None):
     """Run a command from the repository root; stream the lines worth seeing; keep everything in log_path."""
-    return commands.run(cmd, log_path, show=SHOW if verbose else (), threads=threads)
+    return commands.run(cmd, log_path, show=SHOW if verbose else (), threads=threads, label=label)
 
 
 def fresh(path):
@@ -56,7 +58,8 @@ def prepare(logs, dataset="nuclei"):
         run([PY, "tools/prepare_data.py"] + d["prepare"], os.path.join(logs, "prepare.log"))
 
 
-def train(cfg, save_dir, iters, seed, log_path, teacher_cfg=None, teacher_weights=None, verbose=True, threads=None):
+def train(cfg, save_dir, iters, seed, log_path, teacher_cfg=None, teacher_weights=None, verbose=True, threads=None,
+          label=None):
     if teacher_cfg is None:
         cmd = [PY, "tools/train.py", "-c", cfg]
     else:
@@ -64,7 +67,7 @@ def train(cfg, save_dir, iters, seed, log_path, teacher_cfg=None, teacher_weight
                teacher_weights]
     cmd += ["--iters", str(iters), "--seed", str(seed), "--save_dir", save_dir, "--log_iters", "25",
             "--save_interval", "1000000"]
-    return run(cmd, log_path, verbose, threads)
+    return run(cmd, log_path, verbose, threads, label)
 
 
 def evaluate(cfg, weights, out_json, log_path, verbose=True, threads=None):
@@ -93,11 +96,16 @@ def demo(args, out):
     timings = {}
     prepare(logs, name)
     dirs = {k: fresh(os.path.join(runs, k)) for k in ("teacher", "student", "distill")}
-    print(f"== 1/3 teacher ({teacher_iters} iterations)", flush=True)
-    timings["teacher"] = train(teacher_cfg, dirs["teacher"], teacher_iters, args.seed, os.path.join(logs, "teacher.log"))
+    # the teacher and the student alone are independent: on 2 cores or more they train side by side
+    with commands.Jobs(2 if (os.cpu_count() or 1) >= 2 else 1) as jobs:
+        print(f"== 1/3 teacher ({teacher_iters} iterations)", flush=True)
+        teacher = jobs.submit(train, teacher_cfg, dirs["teacher"], teacher_iters, args.seed,
+                              os.path.join(logs, "teacher.log"), label="teacher")
+        print(f"== 2/3 student alone ({iters} iterations)", flush=True)
+        alone = jobs.submit(train, student_cfg, dirs["student"], iters, args.seed, os.path.join(logs, "student.log"),
+                            label="student alone")
+        timings["teacher"], timings["student alone"] = teacher.result(), alone.result()
     teacher_w = last_checkpoint(dirs["teacher"])
-    print(f"== 2/3 student alone ({iters} iterations)", flush=True)
-    timings["student alone"] = train(student_cfg, dirs["student"], iters, args.seed, os.path.join(logs, "student.log"))
     print(f"== 3/3 student distilled from the teacher ({iters} iterations, L2 on the three head outputs)", flush=True)
     timings["distilled"] = train(student_cfg, dirs["distill"], iters, args.seed, os.path.join(logs, "distill.log"),
                                  teacher_cfg=teacher_cfg, teacher_weights=teacher_w)
