@@ -79,6 +79,8 @@ def main():
 
     def run_student(key, n, seed, teacher_weights=None, threads=None):
         """One student run (distilled when teacher_weights is given) and its mAP@0.5."""
+        print(f"== {'distilled student' if teacher_weights else 'student alone'}, seed {seed} ({n} iterations)",
+              flush=True)
         rdir = fresh(os.path.join(out, key))
         timings[key] = train(student_cfg, rdir, n, seed, os.path.join(logs, f"{key}.log"),
                              teacher_cfg=teacher_cfg if teacher_weights else None, teacher_weights=teacher_weights,
@@ -105,7 +107,6 @@ def main():
                                       verbose=args.verbose)
         for n, seed, distill in planned:
             if not distill:
-                print(f"== student alone, seed {seed} ({n} iterations)", flush=True)
                 results[n, seed, distill] = jobs.submit(run_student, key_of(n, seed, distill), n, seed)
         if teacher_run is not None:
             timings["teacher"] = teacher_run.result()
@@ -115,7 +116,6 @@ def main():
         print(f"   teacher mAP@0.5 {teacher_map:.4f}", flush=True)
         for n, seed, distill in planned:
             if distill:
-                print(f"== distilled student, seed {seed} ({n} iterations)", flush=True)
                 results[n, seed, distill] = jobs.submit(run_student, key_of(n, seed, distill), n, seed, teacher_w)
         maps = {run: future.result() for run, future in results.items()}
 
