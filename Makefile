@@ -36,8 +36,8 @@ demo-depth: install
 	$(BIN)/python tools/demo.py depth --out output/demo-depth
 
 # Detection (nuclei boxes, PaddleDetection's YOLOv3 distillation workflow on a CPU-sized pair): teacher,
-# student alone, distilled student, VOC mAP@0.5 table and sample predictions (about 55 minutes on 2 cores;
-# `python tools/demo.py det --data trees` runs the tree crowns in about 10).
+# student alone side by side, then the distilled student, VOC mAP@0.5 table and sample predictions (about
+# 90 minutes on 2 cores; `python tools/demo.py det --data trees` runs the tree crowns in under 25).
 .PHONY: demo-det
 demo-det: install
 	$(BIN)/python tools/demo.py det --out output/demo-det

@@ -1,6 +1,7 @@
 """Does distillation help the detection student, and at which training budget? mAP@0.5 over seeds.
 
-    python bench/det_gain.py --seeds 3 --jobs 2                 # nuclei boxes, the CPU pair (README: time)
+    python bench/det_gain.py --seeds 2 --jobs 2                 # nuclei boxes, the CPU pair (README: time)
+    python bench/det_gain.py --seeds 2 --jobs 2 --teacher_iters 4000 --budgets 800,2000   # and a longer budget
     python bench/det_gain.py --seeds 2 --data trees --jobs 2    # the same pair on the tree crowns (minutes)
     python bench/det_gain.py --seeds 3 --teacher_config configs/det/yolov3_r34_trees_teacher.yml \\
         --student_config configs/det/yolov3_mobilenet_v1_trees_student.yml --data trees --teacher_iters 20000 \\
@@ -16,7 +17,7 @@ distillation (L2 on the three YOLOv3 head outputs). The teacher is trained once 
 For each training budget (--budgets, student iterations; the learning-rate schedule spans each run) and
 each seed, the student alone and the distilled student run the same schedule, and the table gives both,
 their per-seed difference, mean and spread (sample standard deviation) over seeds, and every run. Several
-budgets, because from scratch the gain depends on them: a short run of the student alone has barely
+budgets can be compared, because from scratch the gain depends on them: a short run of the student alone has barely
 started to detect, while a long one has had time to catch up. This is not PaddleDetection's setting (VOC,
 ImageNet-pretrained backbones, 90k iterations on 4 GPUs): the configs of its ResNet34 -> MobileNetV1 pair
 are shipped for that; on this CPU they cannot be trained to a useful mAP in the time of a benchmark.
@@ -56,9 +57,9 @@ def main():
     p.add_argument("--data", default="nuclei", choices=sorted(DATASETS))
     p.add_argument("--teacher_config", default=None, help="default: the dataset's teacher config")
     p.add_argument("--student_config", default=None, help="default: the dataset's student config")
-    p.add_argument("--teacher_iters", type=int, default=None, help="default: the dataset's (nuclei 4000, trees 300)")
+    p.add_argument("--teacher_iters", type=int, default=None, help="default: the dataset's (nuclei 2000, trees 300)")
     p.add_argument("--budgets", default=None,
-                   help="student iterations per run, comma-separated (default: nuclei 800,2000; trees 150)")
+                   help="student iterations per run, comma-separated (default: nuclei 800, trees 150)")
     p.add_argument("--teacher_weights", default=None, help="reuse a trained teacher instead of training one")
     p.add_argument("--out", default=None, help="default: output/bench_det (nuclei), output/bench_det_trees (trees)")
     p.add_argument("--verbose", action="store_true", help="show the training lines")
