@@ -37,7 +37,7 @@ demo-depth: install
 
 # Detection (nuclei boxes, PaddleDetection's YOLOv3 distillation workflow on a CPU-sized pair): teacher,
 # student alone side by side, then the distilled student, VOC mAP@0.5 table and sample predictions (about
-# 90 minutes on 2 cores; `python tools/demo.py det --data trees` runs the tree crowns in under 25).
+# 90 minutes on 2 cores; `python tools/demo.py det --data trees` runs the tree crowns in 13.5).
 .PHONY: demo-det
 demo-det: install
 	$(BIN)/python tools/demo.py det --out output/demo-det
