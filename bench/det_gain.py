@@ -17,8 +17,8 @@ distillation (L2 on the three YOLOv3 head outputs). The teacher is trained once 
 For each training budget (--budgets, student iterations; the learning-rate schedule spans each run) and
 each seed, the student alone and the distilled student run the same schedule, and the table gives both,
 their per-seed difference, mean and spread (sample standard deviation) over seeds, and every run. Several
-budgets can be compared, because from scratch the gain depends on them: a short run of the student alone has barely
-started to detect, while a long one has had time to catch up. This is not PaddleDetection's setting (VOC,
+budgets can be compared, because from scratch the gain depends on them: a short run of the student alone
+has barely started to detect, while a long one has had time to catch up. This is not PaddleDetection's setting (VOC,
 ImageNet-pretrained backbones, 90k iterations on 4 GPUs): the configs of its ResNet34 -> MobileNetV1 pair
 are shipped for that; on this CPU they cannot be trained to a useful mAP in the time of a benchmark.
 """
@@ -57,9 +57,9 @@ def main():
     p.add_argument("--data", default="nuclei", choices=sorted(DATASETS))
     p.add_argument("--teacher_config", default=None, help="default: the dataset's teacher config")
     p.add_argument("--student_config", default=None, help="default: the dataset's student config")
-    p.add_argument("--teacher_iters", type=int, default=None, help="default: the dataset's (nuclei 2000, trees 300)")
+    p.add_argument("--teacher_iters", type=int, default=None, help="default: the demo's (nuclei 2000, trees 300)")
     p.add_argument("--budgets", default=None,
-                   help="student iterations per run, comma-separated (default: nuclei 800, trees 150)")
+                   help="student iterations per run, comma-separated (default: the demo's, nuclei 800, trees 150)")
     p.add_argument("--teacher_weights", default=None, help="reuse a trained teacher instead of training one")
     p.add_argument("--out", default=None, help="default: output/bench_det (nuclei), output/bench_det_trees (trees)")
     p.add_argument("--verbose", action="store_true", help="show the training lines")
@@ -68,8 +68,8 @@ def main():
     args = p.parse_args()
     d = DATASETS[args.data]
     teacher_cfg, student_cfg = args.teacher_config or d["teacher"], args.student_config or d["student"]
-    teacher_iters = args.teacher_iters or d["bench"]["teacher_iters"]
-    budgets = [int(b) for b in str(args.budgets).split(",")] if args.budgets else list(d["bench"]["budgets"])
+    teacher_iters = args.teacher_iters or d["iters"][0]
+    budgets = [int(b) for b in str(args.budgets).split(",")] if args.budgets else [d["iters"][1]]
     out = os.path.abspath(os.path.join(ROOT, args.out or ("output/bench_det" if args.data == "nuclei"
                                                           else f"output/bench_det_{args.data}")))
     logs = os.path.join(out, "logs")
