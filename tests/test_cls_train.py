@@ -119,7 +119,7 @@ def test_init_weights_starts_the_student_from_given_weights(cls, tmp_path):
                     "--teacher_pretrained", cls["teacher_weights"], "--init_weights", init, "--iters", 2,
                     "--seed", 1, "--save_dir", out, "-o", "lr_scheduler.learning_rate=0",
                     "lr_scheduler.warmup_iters=0") == 0
-    assert f"student initialised from {init}" in read(out / "record.txt")
+    assert f"student weights {init}: loaded " in read(out / "record.txt")
     start, end = params(paddle.load(init)), params(paddle.load(str(out / "iter_2" / "model.pdparams")))
     assert sorted(start) == sorted(end)
     for key in start:

@@ -59,8 +59,8 @@ def test_flow_runs_every_stage_in_its_folder_and_hands_weights_on(flow):
     assert "remove factor a = 0 at iteration 3" in removal_log
     assert "layer_s0_t0" in removal_log and "layer_s2_t2" in removal_log
     finetune_log = (out / "3_finetune" / "record.txt").read_text()
-    assert f"student initialised from {cut['weights']}" in finetune_log
-    assert f"teacher weights loaded from {state['done']['distil']['weights']}" in finetune_log
+    assert f"student weights {cut['weights']}: loaded " in finetune_log
+    assert f"teacher weights {state['done']['distil']['weights']}: loaded " in finetune_log
     # the layer pairs of the removal stage, renumbered through the cut: student block 2 is now block 1
     assert "'backbone.block3.1' vs teacher 'backbone.block3.2'" in finetune_log
     history = [json.loads(line) for line in (out / "2_remove" / "history.jsonl").read_text().splitlines()]

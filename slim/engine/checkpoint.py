@@ -106,14 +106,27 @@ def load_state(path, what="weights"):
         raise ConfigError(f"Could not read {what} from {path}: {e}") from None
 
 
-def load_model_weights(model, path, what="weights", strict=True):
-    """Load a state dict into `model`; missing/unexpected keys or shape mismatches are a clear error."""
+def read_model_state(path, what="weights"):
+    """The model's state dict from a weights file or checkpoint folder (nested forms unwrapped)."""
     state = load_state(path, what)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]  # checkpoints of some tools nest the weights
     elif isinstance(state, dict) and isinstance(state.get("training_weights"), dict):
         state = state["training_weights"]  # ema.pdparams: the weights as trained, not averaged
-    apply_state(model, state, f"{what} {resolve_weights_path(path)}", strict)
+    if not isinstance(state, dict):
+        raise ConfigError(f"{what} {path}: the file holds a {type(state).__name__}, not a model's weights "
+                          f"(a dict of named tensors).")
+    return state
+
+
+def load_model_weights(model, path, what="weights", strict=True, log=None):
+    """Load a state dict into `model`; missing/unexpected keys or shape mismatches are a clear error."""
+    state = read_model_state(path, what)
+    where = f"{what} {resolve_weights_path(path)}"
+    apply_state(model, state, where, strict)
+    if log is not None:
+        own = model.state_dict()
+        log(f"{where}: loaded {sum(1 for k in own if k in state)}/{len(own)} tensors into {type(model).__name__}")
     return path
 
 

@@ -67,28 +67,33 @@ def load_task_config(path, opts=(), what="config"):
 
 
 def build_student(task, cfg, init_weights=None, log=print):
-    model = task.build_model(cfg)
-    weights = init_weights or task.init_weights_path(cfg)
-    if weights:
-        task.load_weights(model, weights, "student weights")
-        log(f"student initialised from {weights}")
+    """The student: `--init_weights` strictly, else the weights its config names (pretrained backbone,
+    `model.pretrained`, ppdet's `pretrain_weights`) loaded as PaddleSeg / ppdet load them."""
+    with task.logging_to(log):
+        model = task.build_model(cfg)
+        if init_weights:
+            task.load_weights(model, init_weights, "student weights", key="--init_weights")
+        else:
+            task.load_pretrained(model, cfg)
     return model
 
 
-def build_teacher(task, cfg, weights=None, allow_untrained=False, log=print):
-    model = task.build_model(cfg)
-    weights = weights or task.pretrained_path(cfg)
-    if not weights:
-        if not allow_untrained:
-            raise ConfigError(
-                "The teacher has no weights: set `model.pretrained` in the teacher config to its trained "
-                "model.pdparams (e.g. output/teacher/best_model/model.pdparams), or pass "
-                "--teacher_pretrained. Use --allow_untrained_teacher only to test the pipeline.")
-        log("WARNING: the teacher has no trained weights (--allow_untrained_teacher): distillation from a "
-            "random teacher only tests the pipeline.")
-        return freeze_teacher(model)
-    task.load_weights(model, weights, "teacher weights")
-    log(f"teacher weights loaded from {weights}")
+def build_teacher(task, cfg, weights=None, allow_untrained=False, log=print, key=None):
+    """The frozen teacher with its full weights (every parameter loaded, else an error naming the missing ones)."""
+    with task.logging_to(log):
+        model = task.build_model(cfg)
+        key = key or ("--teacher_pretrained" if weights else task.pretrained_key)
+        weights = weights or task.pretrained_path(cfg)
+        if not weights:
+            if not allow_untrained:
+                raise ConfigError(
+                    f"The teacher has no weights: set `{task.pretrained_key}` in the teacher config to its trained "
+                    "model.pdparams (e.g. output/teacher/best_model/model.pdparams), or pass "
+                    "--teacher_pretrained. Use --allow_untrained_teacher only to test the pipeline.")
+            log("WARNING: the teacher has no trained weights (--allow_untrained_teacher): distillation from a "
+                "random teacher only tests the pipeline.")
+            return freeze_teacher(model)
+        task.load_weights(model, weights, "teacher weights", key=key)
     return freeze_teacher(model)
 
 

@@ -20,21 +20,28 @@ def load_model_for_inference(args, log=print):
     """(task, cfg, model in eval mode with its weights)."""
     env.set_device(args.device)
     task, cfg = load_task_config(args.config, [o for o in args.opts if not o.startswith("weights=")])
-    path = model_path(args, task, cfg)
+    path, key = model_path(args, task, cfg)
     if not path:
         raise ConfigError("No weights given: pass --model_path output/.../best_model/model.pdparams "
                           "(or set model.pretrained in the config).")
     model = task.build_model(cfg)
-    task.load_weights(model, path, "weights")
+    with task.logging_to(log):
+        local = task.local_weights(path, key)
+        task.load_weights(model, local, "weights", key=key)
+    args.local_weights = local
     model.eval()
-    log(f"loaded {os.path.abspath(path) if os.path.exists(path) else path}")
     return task, cfg, model
 
 
 def model_path(args, task, cfg):
-    """The weights a tool loads: --model_path, else PaddleDetection's `-o weights=P`, else the config's."""
+    """(the weights a tool loads, the flag or key that named them): --model_path, else PaddleDetection's
+    `-o weights=P`, else the config's."""
     weights = next((o.split("=", 1)[1] for o in args.opts if o.startswith("weights=")), None)
-    return args.model_path or weights or task.pretrained_path(cfg)
+    if args.model_path:
+        return args.model_path, "--model_path"
+    if weights:
+        return weights, "weights"
+    return task.pretrained_path(cfg), task.pretrained_key
 
 
 def default_output_dir(args, task, cfg):
@@ -42,4 +49,5 @@ def default_output_dir(args, task, cfg):
     from .checkpoint import resolve_weights_path
     if getattr(args, "save_json", None):
         return os.path.dirname(os.path.abspath(args.save_json))
-    return os.path.dirname(os.path.abspath(resolve_weights_path(model_path(args, task, cfg))))
+    path = getattr(args, "local_weights", None) or model_path(args, task, cfg)[0]
+    return os.path.dirname(os.path.abspath(resolve_weights_path(path)))

@@ -4,6 +4,8 @@ The trainer knows nothing about images, boxes or classes: it asks the task for a
 feed a batch to the model, the task's own loss terms and an evaluation. A new task subclasses `TaskBase`
 and registers its module in `slim/tasks/__init__.py`.
 """
+import contextlib
+import os
 from collections import OrderedDict
 
 from slim.distill.adaptor import LayerRef
@@ -41,9 +43,30 @@ class TaskBase:
             raise ConfigError(f"The teacher predicts {t} classes and the student {s}: distillation compares "
                               f"their class scores, so both configs need the same num_classes.")
 
+    def prepare_teacher_config(self, cfg, teacher_cfg):
+        """The teacher's config as the teacher is built from it (e.g. settings it leaves to its dataset,
+        taken from the student's); called before `check_teacher_compatible`."""
+        return teacher_cfg
+
+    def default_pairs(self, cfg, teacher_cfg):
+        """Distillation pairs (yaml `distill:` dicts) used when the configs name none; [] for none.
+        Returns (pairs, a sentence for the log saying what was chosen)."""
+        return [], ""
+
+    def slim_config(self, cfg, path):
+        """A library's own distillation config (`--slim_config`) -> an object with teacher_cfg, weights,
+        pairs (yaml `distill:` dicts), student_cfg and notes (log lines)."""
+        raise ConfigError(f"--slim_config is PaddleDetection's distillation config; the {self.name} task has "
+                          f"none. Give the teacher with -t/--teacher_config and the pairs in the student config.")
+
     def prepare_pair(self, student, teacher, cfg, log=print):
         """Called once both models are built and the teacher's weights loaded, before training (e.g. to
         copy and freeze the teacher's classifier in the student)."""
+
+    #: the config key of full-model weights (named in errors and logs)
+    pretrained_key = "model.pretrained"
+    #: where weight-loading lines go; launch points it at the run's notes while it builds models
+    log = staticmethod(print)
 
     def pretrained_path(self, cfg):
         """The weights named by the config (`model.pretrained`), or None."""
@@ -54,9 +77,58 @@ class TaskBase:
         configs name trained weights that training must not load (ppdet's `weights:`) returns None."""
         return self.pretrained_path(cfg)
 
-    def load_weights(self, model, path, what="weights"):
+    # ----- weights named by URL ---------------------------------------------------------------------
+    def cached_weights(self, url):
+        """Where the library that downloads `url` keeps it, when it is already there (default: Paddle's
+        weights cache, ~/.cache/paddle/hapi/weights)."""
+        from paddle.utils.download import WEIGHTS_HOME
+        path = os.path.join(WEIGHTS_HOME, url.split("/")[-1])
+        return path if os.path.isfile(path) else None
+
+    def download_weights(self, url):
+        """Download `url` into the library's cache with the library's own utility; returns the file."""
+        from paddle.utils.download import get_weights_path_from_url
+        return get_weights_path_from_url(url)
+
+    def local_weights(self, path, key):
+        """A local path for `path`: URLs are fetched once into the library's cache (slim/engine/weights.py)."""
+        from slim.engine import weights
+        if weights.is_url(path):
+            return weights.fetch(path, key, self.cached_weights, self.download_weights, log=self.log)
+        return path
+
+    def load_weights(self, model, path, what="weights", key=None):
+        """Full-model weights, strictly: every parameter must be in the file (teacher, eval, --init_weights)."""
         from slim.engine.checkpoint import load_model_weights
-        return load_model_weights(model, path, what)
+        path = self.local_weights(path, key or what)
+        return load_model_weights(model, path, what, log=self.log)
+
+    def load_pretrained(self, model, cfg):
+        """Weights the config names for training to start from, loaded as the library loads them: by name
+        and shape, with N/M logged (default: `init_weights_path`, e.g. PaddleSeg's `model.pretrained`)."""
+        path = self.init_weights_path(cfg)
+        if path:
+            self.load_matching_file(model, path, self.pretrained_key)
+
+    def load_matching_file(self, model, path, key, match=None):
+        from slim.engine.checkpoint import read_model_state
+        from slim.engine.weights import load_matching
+        local = self.local_weights(path, key)
+        state = read_model_state(local, key)
+        return load_matching(model, state, f"{key} {local}", log=self.log, match=match)
+
+    @contextlib.contextmanager
+    def logging_to(self, log):
+        """Route weight-loading lines to `log` inside the block."""
+        previous = self.__dict__.get("log")
+        self.log = log
+        try:
+            yield self
+        finally:
+            if previous is None:
+                del self.log
+            else:
+                self.log = previous
 
     def logits_ref(self, cfg):
         """Where `distill_loss` (losses on the model's logits) reads the logits in the model output."""

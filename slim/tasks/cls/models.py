@@ -244,6 +244,31 @@ BACKBONES = {
     "MobileNetV3Large": _vision("mobilenet_v3_large"),
 }
 
+#: model type -> (paddle.vision.models module, its model_urls key; {scale} filled from model.scale)
+_VISION_WEIGHTS = {
+    "ResNet18": ("resnet", "resnet18"), "ResNet34": ("resnet", "resnet34"), "ResNet50": ("resnet", "resnet50"),
+    "MobileNetV2": ("mobilenetv2", "mobilenetv2_{scale}"),
+    "MobileNetV3Small": ("mobilenetv3", "mobilenet_v3_small_x{scale}"),
+    "MobileNetV3Large": ("mobilenetv3", "mobilenet_v3_large_x{scale}"),
+}
+
+
+def vision_weights_url(model_cfg):
+    """The ImageNet weights URL paddle.vision uses for `pretrained=True` of this model type."""
+    import importlib
+    kind = model_cfg.get("type")
+    if kind not in _VISION_WEIGHTS:
+        raise ConfigError(f"model.pretrained: true loads paddle.vision's ImageNet weights, which exist for "
+                          f"{', '.join(_VISION_WEIGHTS)} only, not {kind!r}. Give a weights file (or URL) instead.")
+    module, key = _VISION_WEIGHTS[kind]
+    key = key.format(scale=float(model_cfg.get("scale", 1.0)))
+    urls = importlib.import_module(f"paddle.vision.models.{module}").model_urls
+    if key not in urls:
+        raise ConfigError(f"model.pretrained: true: paddle.vision publishes no ImageNet weights for {key} "
+                          f"(it has {', '.join(sorted(urls))}). Set model.pretrained to false or to a file.")
+    return urls[key][0]
+
+
 #: keys of `model:` that are not constructor arguments of the backbone
 _MODEL_KEYS = ("type", "num_classes", "embedding_dim", "pretrained", "name")
 

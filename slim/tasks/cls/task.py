@@ -32,7 +32,7 @@ from slim.distill.errors import ConfigError, build_registered
 from slim.tasks.base import TaskBase
 from . import data as cls_data
 from .metrics import classification_metrics, eval_line, gallery_mask
-from .models import Classifier, adapt_to_state, build_classifier
+from .models import Classifier, adapt_to_state, build_classifier, vision_weights_url
 
 CONFIG_KEYS = ("head_from_teacher", "embedding_projection")
 register_config_keys(*CONFIG_KEYS)
@@ -134,11 +134,30 @@ class Task(TaskBase):
             raise ConfigError("The config has no `model` section.")
         return build_classifier(model_cfg, cfg.get("embedding_projection"))
 
-    def load_weights(self, model, path, what="weights"):
+    @staticmethod
+    def _size_projection(model, path, what):
         if isinstance(model, Classifier) and model.projection_requested:  # size the projection from the file
             from slim.engine.checkpoint import load_state
             adapt_to_state(model, load_state(path, what))
-        return super().load_weights(model, path, what)
+
+    def load_weights(self, model, path, what="weights", key=None):
+        path = self.local_weights(path, key or what)
+        self._size_projection(model, path, what)
+        return super().load_weights(model, path, what, key)
+
+    def pretrained_path(self, cfg):
+        """`model.pretrained` when it names weights (a path or URL); `true` is paddle.vision's ImageNet weights."""
+        value = (cfg.get("model") or {}).get("pretrained")
+        return value if isinstance(value, str) else None
+
+    def load_pretrained(self, model, cfg):
+        model_cfg = cfg.get("model") or {}
+        if model_cfg.get("pretrained") is True:  # paddle.vision's `pretrained=True`: the backbone's ImageNet weights
+            self.load_matching_file(model.backbone.net, vision_weights_url(model_cfg), self.pretrained_key)
+        elif self.pretrained_path(cfg):
+            path = self.local_weights(self.pretrained_path(cfg), self.pretrained_key)
+            self._size_projection(model, path, self.pretrained_key)
+            self.load_matching_file(model, path, self.pretrained_key)
 
     def example_inputs(self, cfg, input_shape=None):
         model = cfg.get("model") or {}
