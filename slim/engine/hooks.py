@@ -104,14 +104,10 @@ class EvalHook(Hook):
 
 
 class VisualDLHook(Hook):
-    """Opens a VisualDL LogWriter in `save_dir/vdl` (rank 0); the trainer routes scalars to it."""
+    """Opens a VisualDL LogWriter in `save_dir/vdl` (rank 0); the trainer routes scalars to it and closes
+    it when the run ends, after every hook's after_train (the final evaluation writes scalars too)."""
 
     def before_train(self, trainer):
         if env.is_main_process():
             from visualdl import LogWriter
             trainer.vdl_writer = LogWriter(os.path.join(trainer.save_dir, "vdl"))
-
-    def after_train(self, trainer):
-        if trainer.vdl_writer is not None:
-            trainer.vdl_writer.close()
-            trainer.vdl_writer = None

@@ -214,6 +214,13 @@ class Trainer:
     # ----- the loop ---------------------------------------------------------------------------------
     def train(self):
         self._setup()
+        try:
+            self._loop()
+        finally:
+            self.close()
+        return self
+
+    def _loop(self):
         self._call("before_train")
         self._set_train_mode()
         try:
@@ -238,10 +245,12 @@ class Trainer:
         if self.best_metric is not None:
             self.log(f"best {self.task.primary_metric} {self.best_metric:.4f} at iteration {self.best_iter}, "
                      f"saved in {os.path.join(self.save_dir, 'best_model')}")
-        self.close()
-        return self
 
     def close(self):
+        """Release hooks, files and the VisualDL writer (after every hook's after_train has written)."""
+        if self.vdl_writer is not None:
+            self.vdl_writer.close()
+            self.vdl_writer = None
         if self.distiller is not None:
             self.distiller.close()
         if self._log_file is not None:
