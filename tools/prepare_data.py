@@ -2,6 +2,7 @@
 
     python tools/prepare_data.py nuclei --out data/nuclei [--train_slices 0-39 --val_slices 45-59]
     python tools/prepare_data.py nuclei_boxes --out data/nuclei_boxes [--train_slices 0-39 --val_slices 45-59]
+    python tools/prepare_data.py optic_disc_layout --out data/optic_disc_seg [--train_slices 0-39 --val_slices 45-59]
     python tools/prepare_data.py trees  --out data/trees  [--tile 256 --val_images A,B --keep_classes]
     python tools/prepare_data.py mnist  --out data/mnist  [--seed 0 --val_fraction 0.2 --per_class N]
 
@@ -21,7 +22,8 @@ from slim.distill.errors import SlimError  # noqa: E402
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="dataset", required=True, metavar="{nuclei,nuclei_boxes,trees,mnist}")
+    sub = p.add_subparsers(dest="dataset", required=True,
+                           metavar="{nuclei,nuclei_boxes,optic_disc_layout,trees,mnist}")
 
     def add(name, help_):
         s = sub.add_parser(name, help=help_, description=help_)
@@ -40,6 +42,8 @@ def parse_args(argv=None):
     add_slices(s)
     s.add_argument("--min_pixels", type=int, default=20,
                    help="leave out cross-sections smaller than this many pixels (default 20)")
+    add_slices(add("optic_disc_layout", "the same nuclei -> PaddleSeg's OpticDiscSeg layout (JPEGImages/, "
+                                        "Annotations/, train_list.txt, val_list.txt), for the quick-start configs"))
 
     s = add("trees", "deepforest tree crowns -> tiled Pascal VOC detection for ppdet")
     s.add_argument("--source", default=None, help="folder with VOC *.xml + images (default: deepforest's data/)")
@@ -66,6 +70,9 @@ def main(argv=None):
         elif a.dataset == "nuclei_boxes":
             nuclei.prepare_boxes(a.out, a.train_slices, a.val_slices, a.low_pct, a.high_pct, a.min_pixels,
                                  overwrite=a.overwrite)
+        elif a.dataset == "optic_disc_layout":
+            nuclei.prepare_optic_disc(a.out, a.train_slices, a.val_slices, a.low_pct, a.high_pct,
+                                      overwrite=a.overwrite)
         elif a.dataset == "trees":
             trees.prepare(a.out, source=a.source, tile=a.tile, val_images=a.val_images,
                           single_class=None if a.keep_classes else a.single_class, keep_empty=a.keep_empty,

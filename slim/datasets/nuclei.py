@@ -18,6 +18,15 @@ cross-section, from the instance labels):
     Annotations/slice_000.xml  VOC xml, class `nucleus`, box = the instance's pixels in the slice (inclusive)
     train.txt, val.txt         "JPEGImages/slice_000.png Annotations/slice_000.xml" (ppdet VOC lists)
     label_list.txt             nucleus
+
+`prepare_optic_disc` writes the binary segmentation in the folder layout of PaddleSeg's OpticDiscSeg
+dataset type, so that configs written for PaddleSeg's optic-disc quick start (`type: OpticDiscSeg`,
+`dataset_root: data/optic_disc_seg`) run on it unchanged:
+
+    JPEGImages/slice_000.jpg   the same 8-bit RGB images, as JPEG (quality 95)
+    Annotations/slice_000.png  'L' mode, 0 = background, 1 = nucleus
+    train_list.txt, val_list.txt   "JPEGImages/slice_000.jpg Annotations/slice_000.png"
+    labels.txt                 background, nucleus
 """
 import os
 import sys
@@ -79,19 +88,19 @@ def _intensity_scale(images, low_pct, high_pct):
     return tuple(float(v) for v in np.percentile(images, [low_pct, high_pct]))
 
 
-def _save_rgb(image, scale, path):
+def _save_rgb(image, scale, path, **save_options):
     lo, hi = scale
     grey = np.clip((image.astype(np.float64) - lo) / max(hi - lo, 1e-12), 0, 1)
     grey = np.round(grey * 255).astype(np.uint8)
-    Image.fromarray(np.stack([grey] * 3, axis=-1)).save(path)
+    Image.fromarray(np.stack([grey] * 3, axis=-1)).save(path, **save_options)
 
 
 def _build_slices(out, name, params, overwrite, train_slices, val_slices, low_pct, high_pct, folders, write_slice,
-                  finish):
-    """The shared preparation of `prepare` and `prepare_boxes`: check the options, make `folders`, then per
-    split write each slice with write_slice(tmp, i, image, label, scale) -> (list line, {stat: number}), the
-    list file and the summed stats; finish(tmp, counts) adds the dataset's own files and returns its class
-    names. Returns (marker, built, gap)."""
+                  finish, list_name="{split}.txt"):
+    """The shared preparation of the preparers here: check the options, make `folders`, then per split
+    write each slice with write_slice(tmp, i, image, label, scale) -> (list line, {stat: number}), the
+    list file (`list_name` with {split} filled in) and the summed stats; finish(tmp, counts) adds the
+    dataset's own files and returns its class names. Returns (marker, built, gap)."""
     train, val, images, labels, gap = _load_split(train_slices, val_slices, low_pct, high_pct, out)
     params = dict({"train_slices": format_ranges(train), "val_slices": format_ranges(val),
                    "low_pct": low_pct, "high_pct": high_pct}, **params)
@@ -108,8 +117,8 @@ def _build_slices(out, name, params, overwrite, train_slices, val_slices, low_pc
                 lines.append(line)
                 for k, v in stats.items():
                     totals[k] = totals.get(k, 0) + v
-            write_lines(os.path.join(tmp, f"{split}.txt"), lines)
-            lists[f"{split}.txt"] = {"lines": len(lines), "path_columns": 2}
+            write_lines(os.path.join(tmp, list_name.format(split=split)), lines)
+            lists[list_name.format(split=split)] = {"lines": len(lines), "path_columns": 2}
             counts[split] = {"images": len(idx), "slices": format_ranges(idx), **totals}
         classes = finish(tmp, counts)
         return {"counts": counts, "lists": lists, "classes": classes,
@@ -145,6 +154,35 @@ def prepare(out, train_slices="0-39", val_slices="45-59", low_pct=0.5, high_pct=
         s = marker["intensity_scale"]
         print(f"  gap {gap} slices; intensities {low_pct}-{high_pct} percentile = {s['low']:.0f}-{s['high']:.0f} "
               f"-> 0-255; classes: {', '.join(CLASSES)}")
+    return marker
+
+
+def prepare_optic_disc(out, train_slices="0-39", val_slices="45-59", low_pct=0.5, high_pct=99.5, overwrite=False):
+    """The same binary segmentation in PaddleSeg's OpticDiscSeg layout (module doc); returns prepared.json."""
+    def write_slice(tmp, i, image, label, scale):
+        mask = (label > 0).astype(np.uint8)
+        img_rel, lab_rel = f"JPEGImages/slice_{i:03d}.jpg", f"Annotations/slice_{i:03d}.png"
+        _save_rgb(image, scale, os.path.join(tmp, img_rel), quality=95)
+        Image.fromarray(mask).save(os.path.join(tmp, lab_rel))
+        return f"{img_rel} {lab_rel}", {"foreground_fraction": int(mask.sum()) / mask.size}
+
+    def finish(tmp, counts):
+        for c in counts.values():
+            c["foreground_fraction"] = round(c["foreground_fraction"] / c["images"], 4)
+        write_lines(os.path.join(tmp, "labels.txt"), CLASSES)
+        return CLASSES
+
+    marker, built, gap = _build_slices(out, "optic_disc_layout", {}, overwrite, train_slices, val_slices, low_pct,
+                                       high_pct, ("JPEGImages", "Annotations"), write_slice, finish,
+                                       list_name="{split}_list.txt")
+    if built:
+        c = marker["counts"]
+        print(f"optic_disc_layout: wrote {out} (the nuclei in PaddleSeg's OpticDiscSeg layout: JPEGImages/, "
+              f"Annotations/, train_list.txt, val_list.txt)")
+        for split in ("train", "val"):
+            print(f"  {split:5s} {c[split]['images']:3d} slices ({c[split]['slices']}), "
+                  f"nucleus pixels {100 * c[split]['foreground_fraction']:.1f}%")
+        print(f"  gap {gap} slices; classes: {', '.join(CLASSES)}")
     return marker
 
 

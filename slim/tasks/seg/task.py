@@ -10,6 +10,7 @@
     test_config: {is_slide: false}                   # or is_slide: true, crop_size: [w, h], stride: [w, h]
 """
 import copy
+import os
 from collections import OrderedDict
 
 import numpy as np
@@ -20,6 +21,7 @@ from slim.distill.config import register_config_keys
 from slim.distill.errors import ConfigError
 from slim.tasks.base import TaskBase
 from . import compat
+from .datasets import check_dataset_root, no_downloads
 from .metrics import ConfusionMatrix, eval_lines
 
 register_config_keys("val_transforms")
@@ -69,15 +71,24 @@ def build_component(cfg, kind="component"):
 
 
 def _strip_pretrained(model_cfg):
-    """Weights are loaded by this package (clear errors, no downloads), not by the model's constructor."""
+    """The model section without its weights: this package loads them after building (slim/engine/weights.py),
+    so that each load is logged and a failed download is one clear error, not a half-built model."""
     cfg = copy.deepcopy(dict(model_cfg))
-    pretrained = cfg.pop("pretrained", None)
-    backbone = cfg.get("backbone")
-    if isinstance(backbone, dict) and backbone.get("pretrained"):
-        raise ConfigError(
-            f"model.backbone.pretrained = {backbone['pretrained']!r}: backbone weights are not loaded here "
-            f"(no downloads at run time). Remove it and put a full model's weights in model.pretrained.")
-    return cfg, pretrained
+    cfg.pop("pretrained", None)
+    if isinstance(cfg.get("backbone"), dict):
+        cfg["backbone"].pop("pretrained", None)
+    return cfg
+
+
+def _paddleseg_download_names(url):
+    """(folder, file) under PaddleSeg's pretrained-model home, as paddleseg.utils.download_pretrained_model
+    names them: an archive `.../name.tar.gz` -> name/model.pdparams; a file `.../folder/x.pdparams` -> folder/x.pdparams."""
+    from urllib.parse import unquote
+    url = unquote(url)
+    last = url.rstrip("/").split("/")[-1]
+    if last.endswith(("tgz", "tar.gz", "tar", "zip")):
+        return last.split(".")[0], "model.pdparams"
+    return url.rstrip("/").split("/")[-2], last
 
 
 def seg_collate(samples):
@@ -127,8 +138,34 @@ class Task(TaskBase):
         model_cfg = cfg.get("model") if "model" in cfg else cfg
         if not model_cfg:
             raise ConfigError("The config has no `model` section.")
-        model_cfg, _ = _strip_pretrained(model_cfg)
-        return build_component(model_cfg, "model")
+        return build_component(_strip_pretrained(model_cfg), "model")
+
+    def load_pretrained(self, model, cfg):
+        """PaddleSeg's two keys, as PaddleSeg loads them (by name and shape): `model.backbone.pretrained` into
+        the backbone (files of backbone weights, as PaddleSeg publishes them), then `model.pretrained` into
+        the whole model."""
+        model_cfg = cfg.get("model") if "model" in cfg else cfg
+        backbone_weights = (model_cfg.get("backbone") or {}).get("pretrained") if isinstance(
+            model_cfg.get("backbone"), dict) else None
+        if backbone_weights:
+            if getattr(model, "backbone", None) is None:
+                raise ConfigError("model.backbone.pretrained is set but the model has no `backbone` sublayer.")
+            self.load_matching_file(model.backbone, backbone_weights, "model.backbone.pretrained")
+        super().load_pretrained(model, cfg)
+
+    def cached_weights(self, url):
+        from paddleseg.utils.env import seg_env
+        folder, name = _paddleseg_download_names(url)
+        path = os.path.join(seg_env.PRETRAINED_MODEL_HOME, folder, name)
+        return path if os.path.isfile(path) else None
+
+    def download_weights(self, url):
+        """paddleseg.utils.download_pretrained_model: into ~/.paddleseg/pretrained_model (SEG_HOME), archives
+        unpacked."""
+        from paddleseg.utils.env import seg_env
+        from paddleseg.utils.utils import download_pretrained_model
+        os.makedirs(seg_env.PRETRAINED_MODEL_HOME, exist_ok=True)  # its lock file goes there
+        return download_pretrained_model(url)
 
     def logits_ref(self, cfg):
         return LayerRef("$output", idx=0)
@@ -144,8 +181,15 @@ class Task(TaskBase):
             raise ConfigError(f"The config has no `{key}` section (needed for {mode}).")
         ds_cfg = dict(ds_cfg)
         ds_cfg.setdefault("mode", mode)
+        if "type" not in ds_cfg:
+            raise ConfigError(f"{key} has no `type` (e.g. OpticDiscSeg, Cityscapes, ADE20K, PascalVOC, Dataset).")
+        cls = _component_class(ds_cfg["type"], "dataset")
+        # Datasets are read from a local dataset_root only: check the layout the class reads (a clear
+        # error naming it), and never let a paddleseg dataset download its archive.
+        check_dataset_root(ds_cfg, mode, key, cls)
         try:
-            dataset = build_component(ds_cfg, "dataset")
+            with no_downloads(cls):
+                dataset = build_component(ds_cfg, "dataset")
         except (FileNotFoundError, ValueError) as e:
             raise ConfigError(f"{key}: {e}. Prepare the data first (e.g. `python tools/prepare_data.py nuclei "
                               f"--out data/nuclei`) or fix dataset_root / {mode}_path.") from None
@@ -198,8 +242,6 @@ class Task(TaskBase):
 
     def predict_files(self, model, cfg, paths, out_dir, log=print):
         """Pseudo-colour masks in out_dir/pseudo_color_prediction, overlays in out_dir/added_prediction."""
-        import os
-
         import cv2
         from paddleseg.transforms import Compose
         from paddleseg.utils import visualize
