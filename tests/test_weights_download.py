@@ -182,3 +182,31 @@ def test_cls_pretrained_true_loads_paddle_vision_imagenet_weights(home, tmp_path
     assert f"loaded {n}/{n} tensors" in line and "fc.weight" in line  # the 1000-class fc is not part of the backbone
     assert_loaded(model.backbone.net, weights)
     assert (home / ".cache" / "paddle" / "hapi" / "weights" / "resnet18.pdparams").is_file()
+
+
+def test_under_launch_only_the_first_process_of_a_node_downloads(monkeypatch, tmp_path):
+    from slim.engine import weights
+    target = tmp_path / "w.pdparams"
+    polls = []
+
+    def cached(url):
+        polls.append(url)
+        if len(polls) == 3:  # the first process finishes while this one waits
+            target.write_bytes(b"x")
+        return str(target) if target.exists() else None
+
+    def download(url):
+        raise AssertionError("a second process of the node downloaded")
+
+    monkeypatch.setattr(weights.time, "sleep", lambda s: None)
+    monkeypatch.setenv("PADDLE_TRAINERS_NUM", "2")
+    monkeypatch.setenv("PADDLE_RANK_IN_NODE", "1")
+    assert weights.fetch("http://127.0.0.1:1/w.pdparams", "weights", cached, download, log=lambda line: None) == str(target)
+    monkeypatch.setenv("PADDLE_RANK_IN_NODE", "0")
+    target.unlink()
+    with serve(str(tmp_path)) as server:
+        (tmp_path / "w.pdparams").write_bytes(b"x")
+        calls = []
+        weights.fetch(server.url("w.pdparams"), "weights", lambda url: None,
+                      lambda url: calls.append(url) or str(target), log=lambda line: None)
+    assert len(calls) == 1

@@ -82,7 +82,8 @@ def _strip_pretrained(model_cfg):
 
 def _paddleseg_download_names(url):
     """(folder, file) under PaddleSeg's pretrained-model home, as paddleseg.utils.download_pretrained_model
-    names them: an archive `.../name.tar.gz` -> name/model.pdparams; a file `.../folder/x.pdparams` -> folder/x.pdparams."""
+    names them: an archive `.../name.tar.gz` -> name/model.pdparams; a file `.../folder/x.pdparams` ->
+    folder/x.pdparams."""
     from urllib.parse import unquote
     url = unquote(url)
     last = url.rstrip("/").split("/")[-1]
