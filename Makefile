@@ -8,10 +8,12 @@ export OMP_NUM_THREADS ?= 2
 
 .PHONY: install test demo bench clean-venv
 
-$(STAMP): requirements.txt requirements-nodeps.txt
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -r $(REQS)
 	$(BIN)/python -m pip install -q --no-deps -r requirements-nodeps.txt
+	# the package itself, editable: `import slim` and the slim-* commands work from any folder
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 install: $(STAMP)
