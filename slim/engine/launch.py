@@ -142,9 +142,9 @@ def run_main(main):
     except SlimError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C; a stop requested by a signal carries its own status (SIGTERM: 143)
+        print(str(e) or "interrupted", file=sys.stderr)
+        return getattr(e, "exit_code", 130)
 
 
 def make_parser(description):
