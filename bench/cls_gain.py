@@ -28,10 +28,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from slim.engine import commands  # noqa: E402
+from slim.apps import commands  # noqa: E402
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
-from slim.tasks.cls import experiment  # noqa: E402
+from slim.apps.experiments import cls as experiment  # noqa: E402
 
 
 def summary(values):

@@ -4,7 +4,7 @@
 
 Nuclei segmentation. The 14-block teacher (configs/depth/segformer_mscan_d14_nuclei.yml) is trained once;
 then, for each seed and each budget of student iterations, four 7-block students trained for that budget
-(slim/depth/experiment.py): alone, KD from scratch (direct distillation), the teacher cut at once and
+(slim/apps/experiments/depth.py): alone, KD from scratch (direct distillation), the teacher cut at once and
 fine-tuned, and the pipeline configs/depth/nuclei_progressive.yml (progressive removal, cut, fine-tune).
 Prints mIoU (mean, std and range over seeds; weights of the last iteration), parameters, training time
 and inference latency (median of --latency_runs forwards of one 1x3x256x256 input, all models in this
@@ -18,8 +18,8 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from slim.engine import commands  # noqa: E402
-from slim.depth import experiment  # noqa: E402
+from slim.apps import commands  # noqa: E402
+from slim.apps.experiments import depth as experiment  # noqa: E402
 
 
 def main():

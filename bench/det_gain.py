@@ -31,8 +31,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from slim.engine import commands  # noqa: E402
-from slim.tasks.det.experiment import DATASETS, evaluate, fresh, last_checkpoint, mean_sd, prepare, train  # noqa: E402
+from slim.apps import commands  # noqa: E402
+from slim.apps.experiments.det import DATASETS, evaluate, fresh, last_checkpoint, mean_sd, prepare, train  # noqa: E402
 
 
 def save_initial_weights(cfg_path, path):

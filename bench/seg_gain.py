@@ -18,8 +18,8 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from slim.engine import commands  # noqa: E402
-from slim.engine.commands import PY  # noqa: E402
+from slim.apps import commands  # noqa: E402
+from slim.apps.commands import PY  # noqa: E402
 
 
 def run(cmd, log):

@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from slim.engine import commands
+from slim.apps import commands
 
 
 def test_run_keeps_the_whole_output_and_streams_the_chosen_lines(tmp_path, capsys):

@@ -1,10 +1,10 @@
 """Each task's distillation demo, end to end, with the package's own commands (`make demo`, `make demo-det`, ...).
 
-    python tools/demo.py seg [--out output/demo] [--seed 0] [--quick]           (slim/tasks/seg/experiment.py)
-    python tools/demo.py cls [--out output/demo-cls] [--seed 0] [--quick]       (slim/tasks/cls/experiment.py)
-    python tools/demo.py depth [--out output/demo-depth] [--seed 0] [--quick]   (slim/depth/experiment.py)
+    python tools/demo.py seg [--out output/demo] [--seed 0] [--quick]           (slim/apps/experiments/seg.py)
+    python tools/demo.py cls [--out output/demo-cls] [--seed 0] [--quick]       (slim/apps/experiments/cls.py)
+    python tools/demo.py depth [--out output/demo-depth] [--seed 0] [--quick]   (slim/apps/experiments/depth.py)
     python tools/demo.py det [--out output/demo-det] [--seed 0] [--quick] [--data nuclei|trees]
-                                                                                (slim/tasks/det/experiment.py)
+                                                                                (slim/apps/experiments/det.py)
 
 Every step is the command a user would type; each is printed before it runs, its progress lines are
 shown as they come, and the table of results is printed and written to --out.
@@ -17,20 +17,20 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from slim.engine import commands  # noqa: E402
-from slim.tasks.det.experiment import DATASETS as DET_DATASETS  # noqa: E402
+from slim.apps import commands  # noqa: E402
+from slim.apps.experiments.det import DATASETS as DET_DATASETS  # noqa: E402
 
 # task -> (module with `demo(args, out)`, default output folder)
 DEMOS = {
     # segmentation (nuclei): teacher, student alone, distilled student; table and loss curves
-    "seg": ("slim.tasks.seg.experiment", "output/demo"),
+    "seg": ("slim.apps.experiments.seg", "output/demo"),
     # classification: teacher, student alone, KD, KD + frozen shared head
-    "cls": ("slim.tasks.cls.experiment", "output/demo-cls"),
+    "cls": ("slim.apps.experiments.cls", "output/demo-cls"),
     # depth distillation (nuclei): 14-block teacher, 7-block students alone / KD / cut at once / progressive
-    "depth": ("slim.depth.experiment", "output/demo-depth"),
+    "depth": ("slim.apps.experiments.depth", "output/demo-depth"),
     # detection (PaddleDetection's YOLOv3 distillation workflow; nuclei boxes or tree crowns): teacher, student
     # alone, distilled
-    "det": ("slim.tasks.det.experiment", "output/demo-det"),
+    "det": ("slim.apps.experiments.det", "output/demo-det"),
 }
 
 

@@ -9,8 +9,8 @@ import json
 import os
 import shutil
 
-from slim.engine import commands
-from slim.engine.commands import PY
+from slim.apps import commands
+from slim.apps.commands import PY
 
 DEMO = {
     "title": "Segmentation: nuclei, LR-ASPP MobileNetV3-large teacher -> MobileNetV3-small x0.35 student",

@@ -11,8 +11,8 @@ import os
 import time
 from functools import partial
 
-from slim.engine import commands
-from slim.engine.commands import PY, ROOT, last_checkpoint
+from slim.apps import commands
+from slim.apps.commands import PY, ROOT, last_checkpoint
 
 CONFIGS = {
     "teacher": "configs/cls/convnet_teacher_mnist.yml",
@@ -113,7 +113,7 @@ def cross_recall(out, key):
     """recall@1 of this model's val queries against the teacher's val gallery (None when the embeddings
     have different widths: only a student that shares the teacher's embedding space can be matched)."""
     import numpy as np
-    from .metrics import recall_at_1
+    from slim.tasks.cls.metrics import recall_at_1
     teacher = np.load(os.path.join(out, "features", "teacher", "val_embeddings.npy"))
     mine = np.load(os.path.join(out, "features", key, "val_embeddings.npy"))
     if mine.shape != teacher.shape:

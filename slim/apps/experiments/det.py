@@ -20,8 +20,8 @@ import os
 import shutil
 import statistics
 
-from slim.engine import commands
-from slim.engine.commands import PY, ROOT, last_checkpoint
+from slim.apps import commands
+from slim.apps.commands import PY, ROOT, last_checkpoint
 
 # name -> configs, data, the command that prepares the data, and the schedule (teacher, student iterations)
 # of the demo and, by default, of bench/det_gain.py

@@ -21,8 +21,8 @@ import statistics
 import time
 from functools import partial
 
-from slim.engine import commands
-from slim.engine.commands import PY, ROOT, last_checkpoint
+from slim.apps import commands
+from slim.apps.commands import PY, ROOT, last_checkpoint
 from slim.engine.pipeline import STATE_FILE, handed_weights
 
 CONFIGS = {"teacher": "configs/depth/segformer_mscan_d14_nuclei.yml",
