@@ -8,34 +8,15 @@ Segmentation prints PaddleSeg's line `[EVAL] #Images: N mIoU: x Acc: x Kappa: x 
 IoU; classification prints top-1, top-5 and feature-matching recall@1 and saves the validation
 embeddings as .npy (in --save_dir). `--save_json F` also writes the metrics to a file.
 """
-import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+try:  # installed (make install, pip install -e .): nothing to add
+    import slim  # noqa: F401
+except ImportError:  # run from a checkout that was not installed
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import paddle  # noqa: E402
-
-from slim.engine import launch, tools  # noqa: E402
-
-
-def main(argv=None):
-    p = launch.make_parser(__doc__)
-    tools.add_model_flags(p)
-    p.add_argument("--save_json", default=None, help="also write the metrics to this json file")
-    p.add_argument("--save_dir", default=None, help="where a task writes outputs beyond the metrics (classification: "
-                   "the embeddings as .npy); default: the folder of --save_json, else the folder of the weights")
-    args = p.parse_args(argv)
-    task, cfg, model = tools.load_model_for_inference(args)
-    dataset = task.build_dataset(cfg, "val")
-    with paddle.no_grad():
-        metrics = task.evaluate(model, dataset, cfg, log=print)
-    if args.save_json:
-        with open(args.save_json, "w") as f:
-            json.dump(metrics, f, indent=1)
-    task.save_eval_outputs(args.save_dir or tools.default_output_dir(args, task, cfg), log=print)
-    return 0
-
+from slim.apps.evaluate import cli, main  # noqa: E402,F401  (`slim-eval` when installed)
 
 if __name__ == "__main__":
-    sys.exit(launch.run_main(main))
+    cli()

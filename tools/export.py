@@ -9,58 +9,12 @@ and the dygraph model on the same input and prints the largest difference (it fa
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+try:  # installed (make install, pip install -e .): nothing to add
+    import slim  # noqa: F401
+except ImportError:  # run from a checkout that was not installed
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
-import paddle  # noqa: E402
-import yaml  # noqa: E402
-
-from slim.distill.errors import SlimError  # noqa: E402
-from slim.engine import launch, tools  # noqa: E402
-
-
-def first_tensor(out):
-    if isinstance(out, (list, tuple)):
-        return first_tensor(out[0])
-    if isinstance(out, dict):
-        return first_tensor(next(iter(out.values())))
-    return out
-
-
-def main(argv=None):
-    p = launch.make_parser(__doc__)
-    tools.add_model_flags(p)
-    p.add_argument("--save_dir", default="output/export")
-    p.add_argument("--input_shape", default=None, help="N,C,H,W to fix the input shape (default: dynamic)")
-    p.add_argument("--check_shape", default="1,3,256,256", help="input used to compare saved and dygraph models")
-    p.add_argument("--atol", type=float, default=1e-4)
-    args = p.parse_args(argv)
-    task, cfg, model = tools.load_model_for_inference(args)
-    shape = [int(v) for v in args.input_shape.split(",")] if args.input_shape else None
-    layer = task.export_model(model, cfg)
-    layer.eval()
-    os.makedirs(args.save_dir, exist_ok=True)
-    prefix = os.path.join(args.save_dir, "model")
-    paddle.jit.save(layer, prefix, input_spec=task.export_input_spec(cfg, shape))
-    with open(os.path.join(args.save_dir, "deploy.yaml"), "w") as f:
-        yaml.safe_dump({"Deploy": {"model": "model", "task": task.name,
-                                   "transforms": (cfg.get("val_dataset") or {}).get("transforms")}}, f,
-                       sort_keys=False)
-    check = [int(v) for v in (args.input_shape or args.check_shape).split(",")]
-    x = paddle.to_tensor(np.random.RandomState(0).randn(*check).astype("float32"))
-    with paddle.no_grad():
-        expected = first_tensor(layer(x)).numpy()
-    loaded = paddle.jit.load(prefix)
-    loaded.eval()
-    got = first_tensor(loaded(x)).numpy()
-    if got.shape != expected.shape:
-        raise SlimError(f"the exported model returns shape {list(got.shape)}, the dygraph model {list(expected.shape)}")
-    diff = float(np.abs(got - expected).max()) if got.size else 0.0  # e.g. a detector finding nothing
-    print(f"exported to {prefix}.*; max |saved - dygraph| on a {check} input = {diff:.3g}")
-    if diff > args.atol:
-        raise SlimError(f"the exported model differs from the dygraph model by {diff:.3g} (> --atol {args.atol})")
-    return 0
-
+from slim.apps.export import cli, main  # noqa: E402,F401  (`slim-export` when installed)
 
 if __name__ == "__main__":
-    sys.exit(launch.run_main(main))
+    cli()

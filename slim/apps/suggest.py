@@ -270,7 +270,7 @@ def _logits_pair(task, s_cfg, student, teacher, log):
                          teacher=_ref_yaml(teacher.logits_ref), loss="KLLoss", weight=LOGITS_WEIGHT, why=why)
     if s_shape[2:] != t_shape[2:]:
         pair["align"] = {"type": "resize", "resize": "student"}
-        pair.why += f"; sizes differ: the student's logits are resized to the teacher's"
+        pair.why += "; sizes differ: the student's logits are resized to the teacher's"
     return pair, s_shape[1]
 
 
