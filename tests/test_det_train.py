@@ -2,6 +2,7 @@
 two processes, and the shipped YOLOv3 R34 -> MobileNetV1 configs."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -53,9 +54,10 @@ def test_distilled_student_checkpoint_loads_into_a_plain_ppdet_model(det):
     out = det["root"] / "distill"
     assert run_tool("distill_train", *distill_args(det, "--iters", 2, "--save_interval", 2, "--save_dir", out)) == 0
     log = read(out / "record.txt")
-    for term in ("l2_out0", "obj_out1", "neck2", "fsp12", "soft_cls0", "loss_obj", "teacher weights loaded",
+    for term in ("l2_out0", "obj_out1", "neck2", "fsp12", "soft_cls0", "loss_obj",
                  "teacher runs in eval mode under no_grad and stops at its head outputs"):
         assert term in log, term
+    assert re.search(r"teacher weights \S+: loaded (\d+)/\1 tensors", log), "the teacher's full weights were not reported"
     state = paddle.load(str(out / "iter_2" / "model.pdparams"))
     task, cfg = launch.load_task_config(det["student"])
     plain = task.build_model(cfg)

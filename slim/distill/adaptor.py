@@ -12,8 +12,10 @@ or, for tensors computed by plain functions, by an attribute the model stores on
             return mapping_layers
 
 A sublayer reference may also be a dict, PaddleSlim style: `{'layer': 'backbone.bb_1_1', 'io': 'input',
-'idx': 0}`; `idx` picks one element when the layer takes or returns a tuple. The special layer name
-`$output` means the model's own return value.
+'idx': 0}`; `idx` picks one element when the layer takes or returns a tuple; `call: k` picks the k-th call
+(from 0) of a layer that runs several times in one forward (e.g. a detection head's convolution shared by
+every FPN level; without `call`, the last call wins). The special layer name `$output` means the model's own return
+value.
 """
 import difflib
 import re
@@ -49,12 +51,14 @@ def split_mapping_key(key):
 class LayerRef:
     """A tensor named by a sublayer: its output (default) or input, optionally one tuple element."""
 
-    def __init__(self, layer, io="output", idx=None):
+    def __init__(self, layer, io="output", idx=None, call=None):
         if io not in ("output", "input"):
             raise ConfigError(f"`io` of layer {layer!r} must be 'output' or 'input', got {io!r}")
         if idx is not None and (isinstance(idx, bool) or not isinstance(idx, int)):
             raise ConfigError(f"`idx` of layer {layer!r} must be an integer or null, got {idx!r}")
-        self.layer, self.io, self.idx = str(layer), io, idx
+        if call is not None and (isinstance(call, bool) or not isinstance(call, int) or call < 0):
+            raise ConfigError(f"`call` of layer {layer!r} must be an integer >= 0 or null, got {call!r}")
+        self.layer, self.io, self.idx, self.call = str(layer), io, idx, call
 
     @classmethod
     def parse(cls, value):
@@ -63,12 +67,12 @@ class LayerRef:
         if isinstance(value, str):
             return cls(value)
         if isinstance(value, dict):
-            unknown = set(value) - {"layer", "io", "idx"}
+            unknown = set(value) - {"layer", "io", "idx", "call"}
             if "layer" not in value or unknown:
                 raise ConfigError(
-                    f"A layer reference is a name or {{layer: NAME, io: output|input, idx: N}}, "
+                    f"A layer reference is a name or {{layer: NAME, io: output|input, idx: N, call: K}}, "
                     f"got {dict(value)!r}")
-            return cls(value["layer"], value.get("io", "output"), value.get("idx"))
+            return cls(value["layer"], value.get("io", "output"), value.get("idx"), value.get("call"))
         raise ConfigError(f"A layer reference must be a sublayer name or a dict, got {value!r}")
 
     @property
@@ -79,19 +83,22 @@ class LayerRef:
         text = "the model output" if self.is_model_output else repr(self.layer)
         if self.io == "input":
             text = f"the input of {text}"
+        if self.call is not None:
+            text += f" (call {self.call})"
         if self.idx is not None:
             text += f"[{self.idx}]"
         return text
 
     def __eq__(self, other):
-        return isinstance(other, LayerRef) and (self.layer, self.io, self.idx) == (
-            other.layer, other.io, other.idx)
+        return isinstance(other, LayerRef) and (self.layer, self.io, self.idx, self.call) == (
+            other.layer, other.io, other.idx, other.call)
 
     def __hash__(self):
-        return hash((self.layer, self.io, self.idx))
+        return hash((self.layer, self.io, self.idx, self.call))
 
     def __repr__(self):
-        return f"LayerRef({self.layer!r}, io={self.io!r}, idx={self.idx!r})"
+        extra = f", call={self.call!r}" if self.call is not None else ""
+        return f"LayerRef({self.layer!r}, io={self.io!r}, idx={self.idx!r}{extra})"
 
 
 def select(value, ref):
@@ -174,13 +181,15 @@ class AdaptorBase:
 class FeatureRecorder:
     """Registers hooks for a set of LayerRefs on one model and keeps what they saw in the last forward.
 
-    When a hooked layer runs several times in one forward, the last call wins.
+    When a hooked layer runs several times in one forward, the last call wins, unless the reference
+    names a call (`call: k`).
     """
 
     def __init__(self, model, refs):
         self.model = unwrap(model)
         self.refs = list(dict.fromkeys(r for r in refs if not r.is_model_output))
         self.values = {}
+        self.calls = {}  # ref -> every value it saw in this forward, for refs that name a call
         self._handles = []
         for ref in self.refs:
             layer = find_sublayer(self.model, ref.layer)
@@ -190,20 +199,26 @@ class FeatureRecorder:
                 handle = layer.register_forward_pre_hook(self._input_hook(ref))
             self._handles.append(handle)
 
+    def _keep(self, ref, value):
+        self.values[ref] = value
+        if ref.call is not None:
+            self.calls.setdefault(ref, []).append(value)
+
     def _output_hook(self, ref):
         def hook(layer, inputs, output):
-            self.values[ref] = output
+            self._keep(ref, output)
 
         return hook
 
     def _input_hook(self, ref):
         def hook(layer, inputs):
-            self.values[ref] = inputs
+            self._keep(ref, inputs)
 
         return hook
 
     def clear(self):
         self.values = {}
+        self.calls = {}
 
     def get(self, ref, model_output=None):
         if ref.is_model_output:
@@ -213,6 +228,12 @@ class FeatureRecorder:
                 f"Layer {ref.layer!r} of {type(self.model).__name__} did not run during the forward "
                 f"pass, so its {ref.io} could not be captured. Pick a layer that the forward uses. "
                 f"{LIST_LAYERS_HINT}")
+        if ref.call is not None:
+            seen = self.calls.get(ref, [])
+            if ref.call >= len(seen):
+                raise ConfigError(f"{ref.describe()}: layer {ref.layer!r} ran {len(seen)} time(s) in this forward, "
+                                  f"so it has no call {ref.call} (calls count from 0).")
+            return select(seen[ref.call], ref)
         return select(self.values[ref], ref)
 
     def remove(self):
@@ -220,3 +241,4 @@ class FeatureRecorder:
             handle.remove()
         self._handles = []
         self.values = {}
+        self.calls = {}

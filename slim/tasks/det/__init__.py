@@ -2,9 +2,10 @@
 
     task = Task(); model = task.build_model(cfg)     # cfg: a ppdet yaml loaded by slim.distill.config
 
-Importing this package registers the YOLOv3 distillation loss (`YOLOv3DistillLoss`) in the loss registry.
+Importing this package registers the detection distillation losses (`YOLOv3DistillLoss`, `FGDFeatureLoss`,
+`LDLoss`) in the loss registry; `--slim_config` (PaddleDetection's distillation config) is read by slim_config.py.
 """
-from . import losses  # noqa: F401  (registers YOLOv3DistillLoss)
+from . import distill_losses, losses  # noqa: F401  (register YOLOv3DistillLoss, FGDFeatureLoss, LDLoss)
 from .task import Task, matches
 
 __all__ = ["Task", "matches"]

@@ -8,6 +8,12 @@
   dygraph, which Paddle 3's static graph (PIR) refuses (`TypeError ... multiclass_nms3 should be one of
   [str, bytes, Variable]`), so `paddle.jit.save` of any model with NMS failed. Outside dygraph it now
   calls the same kernel through `paddle._C_ops.multiclass_nms3`.
+- `ppdet.modeling.losses.gfocal_loss.quality_focal_loss` (GFL's QFL) multiplies a float loss by a bool mask,
+  which Paddle 3 refuses (`Type promotion only support calculations between floating-point numbers`): the
+  same computation with the mask as float32.
+- `ATSSAssigner.get_vlr_region` (LD's valuable localization region, Gt2GFLTarget(compute_vlr_region: true))
+  returns a tuple instead of the region for an image without boxes, which then cannot be batched: the
+  region of such an image is all zeros.
 - ppdet's distillation model calls the teacher in eval mode without `im_shape` / `scale_factor`
   (`KeyError: 'im_shape'`); this package calls the teacher's feature path instead (`features.py`).
 """
@@ -32,6 +38,8 @@ def import_ppdet():
                      "ppdet.data.transform.operators", "ppdet.data.transform.batch_operators"):
             logging.getLogger(name).setLevel(logging.ERROR)
         _patch_multiclass_nms()
+        _patch_quality_focal_loss()
+        _patch_vlr_region()
         _PPDET = ppdet
     return _PPDET
 
@@ -53,3 +61,46 @@ def _patch_multiclass_nms():
         return out, (nms_rois_num if return_rois_num else None), (index if return_index else None)
 
     ops.multiclass_nms = multiclass_nms
+
+
+def _patch_quality_focal_loss():
+    import numpy as np
+    import paddle
+    import paddle.nn.functional as F
+    from ppdet.modeling.losses import gfocal_loss
+
+    def quality_focal_loss(pred, target, beta=2.0, use_sigmoid=True):
+        """ppdet 2.6's QFL (Li et al., 2020), with its positive mask in float32."""
+        label, score = target
+        func = F.binary_cross_entropy_with_logits if use_sigmoid else F.binary_cross_entropy
+        pred_sigmoid = F.sigmoid(pred) if use_sigmoid else pred
+        zerolabel = paddle.zeros(pred.shape, dtype="float32")
+        loss = func(pred, zerolabel, reduction="none") * pred_sigmoid.pow(beta)
+        bg_class_ind = pred.shape[1]
+        pos = paddle.logical_and(label >= 0, label < bg_class_ind).nonzero().squeeze(1)
+        if pos.shape[0] == 0:
+            return loss.sum(axis=1)
+        pos_label = paddle.gather(label, pos, axis=0)
+        pos_mask = np.zeros(pred.shape, dtype="float32")
+        pos_mask[pos.numpy(), pos_label.numpy()] = 1
+        pos_mask = paddle.to_tensor(pos_mask)
+        score = score.unsqueeze(-1).expand([-1, pred.shape[1]]).cast("float32")
+        loss_pos = func(pred, score, reduction="none") * (score - pred_sigmoid).abs().pow(beta)
+        loss = loss * (1 - pos_mask) + loss_pos * pos_mask
+        return loss.sum(axis=1)
+
+    gfocal_loss.quality_focal_loss = quality_focal_loss
+
+
+def _patch_vlr_region():
+    from ppdet.data.transform.atss_assigner import ATSSAssigner
+    original = ATSSAssigner.get_vlr_region
+    if getattr(original, "_slim_patched", False):
+        return
+
+    def get_vlr_region(self, bboxes, num_level_bboxes, gt_bboxes, gt_bboxes_ignore=None, gt_labels=None):
+        region = original(self, bboxes, num_level_bboxes, gt_bboxes, gt_bboxes_ignore, gt_labels)
+        return region[0] if isinstance(region, tuple) else region  # no boxes: (zeros, zeros)
+
+    get_vlr_region._slim_patched = True
+    ATSSAssigner.get_vlr_region = get_vlr_region

@@ -76,6 +76,30 @@ def init_objectness_prior(model, prob):
         conv.bias.set_value(bias)
 
 
+def _weights_file(path):
+    """ppdet's cache path of a weights URL: the .pdparams itself, or the folder an archive unpacked to."""
+    if path and os.path.isdir(path):
+        found = sorted(f for f in os.listdir(path) if f.endswith(".pdparams"))
+        return os.path.join(path, "model.pdparams" if "model.pdparams" in found else found[0]) if found else None
+    if path and not os.path.exists(path) and os.path.isfile(path + ".pdparams"):
+        return path + ".pdparams"
+    return path
+
+
+def _quiet(match):
+    """ppdet's matcher logs every unused name at INFO on stdout; this package logs them itself."""
+    def quiet(own, state):
+        import logging
+        logger = logging.getLogger("ppdet.utils.checkpoint")
+        level = logger.level
+        logger.setLevel(logging.WARNING)
+        try:
+            return match(own, state)
+        finally:
+            logger.setLevel(level)
+    return quiet
+
+
 class DetExport(paddle.nn.Layer):
     """The deployed detector: image (N, 3, H, W), already resized and normalised -> (bbox, bbox_num), boxes
     in the input image's pixels (scale_factor 1)."""
@@ -124,20 +148,43 @@ class Task(TaskBase):
     def num_classes(self, cfg):
         return cfg.get("num_classes")
 
-    def class_names(self, cfg):
+    @staticmethod
+    def _class_file(cfg, mode):
+        """The file that names the classes of a dataset section (label list or COCO json), or None."""
+        try:
+            kind, ds = det_data.dataset_section(cfg, mode)
+        except ConfigError:
+            return None
+        if kind == "VOCDataSet" and ds.get("label_list"):
+            return det_data._join(ds.get("dataset_dir"), ds["label_list"])
+        if kind == "COCODataSet" and ds.get("anno_path"):
+            return det_data._join(ds.get("dataset_dir"), ds.get("anno_path"))
+        return None
+
+    def class_names(self, cfg, required=True):
+        """The dataset's class names, or None. With required=False a dataset whose files are not on this
+        machine gives None instead of an error (a teacher's config: only its model is used)."""
         for mode in ("train", "val"):
+            if not required:
+                path = self._class_file(cfg, mode)
+                if path is None or not os.path.isfile(path):
+                    continue
             names = det_data.class_names(cfg, mode)
             if names:
                 return names
         test = cfg.get("TestDataset") or {}
         path = test.get("anno_path")
         if path and str(path).endswith(".txt"):
-            return det_data.read_label_list(det_data._join(test.get("dataset_dir"), path))
+            path = det_data._join(test.get("dataset_dir"), path)
+            if required or os.path.isfile(path):
+                return det_data.read_label_list(path)
         return None
 
     def _model_cfg(self, cfg):
+        """The config a model is built from: `num_classes` from the config, checked against the dataset's
+        label list when that is on this machine, else taken from the label list."""
         cfg = copy.deepcopy(dict(cfg))
-        names = self.class_names(cfg)
+        names = self.class_names(cfg, required=cfg.get("num_classes") is None)
         if names is not None:
             det_data.check_num_classes(cfg, names, "the dataset's label list")
             cfg.setdefault("num_classes", len(names))
@@ -145,29 +192,32 @@ class Task(TaskBase):
             raise ConfigError("Set `num_classes:` (the number of object classes) in the config.")
         return cfg
 
+    pretrained_key = "weights"
+
     def build_model(self, cfg):
         model = build_architecture(self._model_cfg(cfg))
         if cfg.get("obj_prior_prob"):
             init_objectness_prior(model, float(cfg["obj_prior_prob"]))
-        pretrain = cfg.get("pretrain_weights")
-        if pretrain:
-            self._load_pretrain(model, pretrain)
         return model
 
-    def _load_pretrain(self, model, path):
-        if "://" in str(path):
-            self._note(f"note: pretrain_weights {path} is a URL and is not downloaded (no network at run time); "
-                       f"the model starts from scratch. Download it yourself and give the local path, or set "
-                       f"-o pretrain_weights=null to silence this.")
-            return
-        from slim.engine.checkpoint import load_state
-        state = load_state(self._resolve(path), "pretrain_weights")
-        own = model.state_dict()
-        fit = {k: v for k, v in state.items() if k in own and list(v.shape) == list(own[k].shape)}
-        if not fit:
-            raise ConfigError(f"pretrain_weights {path}: no parameter name and shape matches this model.")
-        model.set_state_dict(fit)
-        self._note(f"pretrain_weights {path}: {len(fit)}/{len(own)} tensors loaded (by name and shape)")
+    def load_pretrained(self, model, cfg):
+        """`pretrain_weights` (a local file or a URL, e.g. ImageNet backbone weights whose names carry no
+        `backbone.` prefix), matched to the model as ppdet's load_pretrain_weight matches them: by name
+        suffix, then shape."""
+        path = cfg.get("pretrain_weights")
+        if path:
+            from ppdet.utils.checkpoint import match_state_dict
+            self.load_matching_file(model, self._resolve(path), "pretrain_weights", match=_quiet(match_state_dict))
+
+    def cached_weights(self, url):
+        from ppdet.utils.download import WEIGHTS_HOME, map_path, parse_url
+        path = _weights_file(map_path(parse_url(url), WEIGHTS_HOME))
+        return path if path and os.path.isfile(path) else None
+
+    def download_weights(self, url):
+        """ppdet.utils.download.get_weights_path: into ~/.cache/paddle/weights, archives unpacked."""
+        from ppdet.utils.download import get_weights_path
+        return _weights_file(get_weights_path(url))
 
     @staticmethod
     def _resolve(path):
@@ -176,8 +226,8 @@ class Task(TaskBase):
             return str(path) + ".pdparams"
         return path
 
-    def load_weights(self, model, path, what="weights"):
-        return super().load_weights(model, self._resolve(path), what)
+    def local_weights(self, path, key):
+        return super().local_weights(self._resolve(path), key)
 
     def pretrained_path(self, cfg):
         """`weights:` (ppdet's trained-model weights: read by eval, infer and for a teacher)."""
@@ -185,13 +235,43 @@ class Task(TaskBase):
 
     def init_weights_path(self, cfg):
         """Training never starts from `weights:` (in ppdet it names the result, e.g. model_final);
-        `pretrain_weights` (partial, by name and shape) is loaded by build_model, --init_weights strictly."""
+        `pretrain_weights` (partial, by name and shape) is loaded by load_pretrained, --init_weights strictly."""
         return None
+
+    def prepare_teacher_config(self, cfg, teacher_cfg):
+        """Only the teacher's model is used: its dataset need not be on this machine. Its class count is
+        its own `num_classes`, else its label list when present, else the student's."""
+        teacher_cfg = dict(teacher_cfg)
+        if teacher_cfg.get("num_classes") is None and self.class_names(teacher_cfg, required=False) is None:
+            teacher_cfg["num_classes"] = self._model_cfg(cfg)["num_classes"]
+            self._note(f"teacher config: no num_classes and no dataset on this machine; "
+                       f"num_classes {teacher_cfg['num_classes']} taken from the student's")
+        return teacher_cfg
+
+    def default_pairs(self, cfg, teacher_cfg):
+        """Two YOLOv3-family detectors and no pairs given: L2 on the maps of the YOLOv3 output convolutions
+        (PaddleDetection's seed recipe: the maps that feed the YOLOv3 losses), weight 0.1 each."""
+        if cfg.get("architecture") != "YOLOv3" or teacher_cfg.get("architecture") != "YOLOv3":
+            return [], ""
+        masks = (dict(cfg.get((cfg.get("YOLOv3") or {}).get("yolo_head") or "YOLOv3Head") or {})
+                 .get("anchor_masks") or [[6, 7, 8], [3, 4, 5], [0, 1, 2]])
+        pairs = [{"name": f"l2_out{i}", "student": f"yolo_head.yolo_output.{i}",
+                  "teacher": f"yolo_head.yolo_output.{i}", "loss": "L2Loss", "weight": 0.1}
+                 for i in range(len(masks))]
+        names = ", ".join(f"yolo_head.yolo_output.{i}" for i in range(len(masks)))
+        return pairs, (f"no distillation terms given (distill_loss, distill:, distill_config.py): using the YOLOv3 "
+                       f"default, L2Loss on the head outputs {names}, weight 0.1 each")
+
+    def slim_config(self, cfg, path):
+        """PaddleDetection's `--slim_config` (slim_config.py): the teacher's config (the slim config, `_BASE_`
+        resolved, method keys out), its weights (`pretrain_weights`), the method as pairs."""
+        from . import slim_config
+        return slim_config.load(path, cfg)
 
     def check_teacher_compatible(self, cfg, teacher_cfg):
         s_names = self.class_names(cfg)
         try:  # only the teacher's model is used: its dataset need not be on this machine
-            t_names = self.class_names(teacher_cfg)
+            t_names = self.class_names(teacher_cfg, required=False)
         except ConfigError:
             t_names = None
         if s_names is not None and t_names is not None and list(s_names) != list(t_names):
@@ -231,6 +311,10 @@ class Task(TaskBase):
     def build_dataset(self, cfg, mode):
         dataset = det_data.build_dataset(cfg, mode)
         self._collate[mode] = det_data.build_collate(cfg, mode)
+        if mode == "train":
+            ops = [next(iter(t)) for t in (cfg.get("TrainReader") or {}).get("batch_transforms") or []
+                   if isinstance(t, dict) and t]
+            self._train_boxes = ("NormalizeBox" in ops, "BboxXYXY2XYWH" in ops)
         return dataset
 
     def collate_fn(self, mode):
@@ -241,6 +325,27 @@ class Task(TaskBase):
     def model_inputs(self, batch, mode="train"):
         inputs = {k: v for k, v in batch.items() if isinstance(v, paddle.Tensor)}
         return (inputs,), {}
+
+    def distill_label(self, batch):
+        """The training batch's targets for the losses that use them (FGD's boxes, LD's GFL targets): every
+        tensor of the batch, with `gt_bbox` as pixel x1, y1, x2, y2 of the network input whatever the reader
+        made of it (YOLOv3 readers normalise and centre it); all-zero rows stay padding."""
+        targets = {k: v for k, v in batch.items() if isinstance(v, paddle.Tensor)}
+        box = targets.get("gt_bbox")
+        normalized, xywh = getattr(self, "_train_boxes", (False, False))
+        if box is not None and box.ndim == 3 and (normalized or xywh):
+            pad = (box.abs().sum(axis=-1, keepdim=True) > 0).astype(box.dtype)
+            if xywh:
+                box = paddle.concat([box[..., :2] - box[..., 2:] / 2, box[..., :2] + box[..., 2:] / 2], axis=-1)
+            if normalized:
+                hw = targets["im_shape"].astype(box.dtype) if "im_shape" in targets else paddle.to_tensor(
+                    [list(batch["image"].shape[2:4])] * box.shape[0], dtype=box.dtype)
+                box = box * paddle.concat([hw[:, 1:2], hw[:, 0:1], hw[:, 1:2], hw[:, 0:1]], axis=-1).unsqueeze(1)
+            targets["gt_bbox"] = box * pad
+        if "im_shape" not in targets and "image" in targets:
+            n, _, h, w = targets["image"].shape
+            targets["im_shape"] = paddle.to_tensor([[h, w]] * n, dtype="float32")
+        return targets
 
     def batch_size_of(self, batch):
         return int(batch["image"].shape[0])

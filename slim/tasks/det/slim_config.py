@@ -1,0 +1,272 @@
+"""PaddleDetection's `--slim_config` for distillation, read as two separate configs.
+
+    python tools/train.py -c student.yml --slim_config distill.yml
+
+The slim config `_BASE_`s the teacher's config and adds `pretrain_weights` (the teacher's full weights),
+`slim: Distill`, `slim_method` and `distill_loss` with its section. ppdet merges it into its one global
+config, so the teacher's readers, optimizer and model sections overwrite the student's (PaddleDetection
+#5976). Here the slim config, `_BASE_` resolved and the method keys taken out, is the teacher's config and
+nothing else; the student's data, readers, optimizer and schedule come from `-c` alone. The method becomes
+this package's distillation pairs:
+
+    (no slim_method)  distill_loss: DistillYOLOv3Loss {weight: W}: YOLOv3DistillLoss on each YOLOv3 output
+                      level (yolo_head.yolo_output.i), weight W (ppdet: W x the sum of the levels)
+    CWD               channel-wise distillation (SegChannelwiseLoss, tau^2-scaled as in Shu et al.) on each
+                      neck level named in distill_loss_name; GFL students also on each level's class-score
+                      map (head.gfl_head_cls), as ppdet's CWDDistillModel does
+    FGD               ppdet's FGDFeatureLoss on each neck level named in distill_loss_name, with the
+                      batch's ground-truth boxes
+    LD                Localization Distillation of GFL: ppdet's LDGFLHead terms loss_ld, loss_ld_vlr, loss_kd
+                      (their settings from the student's LDGFLHead section, which trains as a GFLHead)
+"""
+import copy
+import math
+
+from slim.distill.config import parse_yaml_with_bases
+from slim.distill.errors import ConfigError
+
+SUPPORTED = ("no slim_method (YOLOv3, distill_loss: DistillYOLOv3Loss)", "CWD", "FGD", "LD")
+METHOD_KEYS = ("slim", "slim_method", "distill_loss", "distill_loss_name", "pretrain_weights")
+CWD_LOSSES = ("ChannelWiseDivergence", "CWDFeatureLoss")
+# keys of the slim config (and the teacher config it inherits) that only the student's config provides here
+TRAINING_KEYS = (
+    "TrainDataset", "EvalDataset", "TestDataset", "TrainReader", "EvalReader", "TestReader", "LearningRate",
+    "OptimizerBuilder", "epoch", "snapshot_epoch", "worker_num", "log_iter", "save_dir", "use_ema", "ema_decay",
+    "ema_decay_type", "ema_black_list", "metric", "map_type", "find_unused_parameters", "use_gpu", "use_xpu",
+    "use_npu", "use_mlu", "print_flops", "print_params", "use_amp", "amp_level", "fp16", "amp", "sync_bn",
+    "reference_batch_size", "reference_gpus", "iters", "epochs", "batch_size", "use_warmup", "cycle_epoch",
+)
+
+
+class SlimConfig:
+    """What a slim config means here: the teacher's config, its weights, the pairs, the student's config."""
+
+    def __init__(self, teacher_cfg, weights, pairs, student_cfg, method, notes):
+        self.teacher_cfg, self.weights, self.pairs = teacher_cfg, weights, pairs
+        self.student_cfg, self.method, self.notes = student_cfg, method, notes
+
+
+def _section(cfg, name, where):
+    value = cfg.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: `{name}:` must be a mapping of its arguments, got {value!r}.")
+    return {k: v for k, v in value.items() if k not in ("name", "type")}
+
+
+def _arch_section(cfg):
+    arch = cfg.get("architecture")
+    return arch, dict(cfg.get(arch) or {})
+
+
+def _head(cfg, key):
+    arch, sec = _arch_section(cfg)
+    name = sec.get(key)
+    return name, dict(cfg.get(name) or {}) if isinstance(name, str) else {}
+
+
+def _per_level(value, n, what):
+    values = list(value) if isinstance(value, (list, tuple)) else [value] * n
+    if len(values) != n:
+        raise ConfigError(f"{what}: {len(values)} values for {n} levels (distill_loss_name); give one value, "
+                          f"or one per level.")
+    return [int(v) for v in values]
+
+
+def _loss_names(raw, path, method):
+    names = raw.get("distill_loss_name")
+    if not names or not isinstance(names, (list, tuple)):
+        raise ConfigError(f"{path}: slim_method {method} needs `distill_loss_name:`, one name per neck level to "
+                          f"distil (e.g. ['neck_f_0', 'neck_f_1', 'neck_f_2'] for three levels; the i-th name "
+                          f"is the term on neck output i).")
+    return [str(n) for n in names]
+
+
+def _neck(level):
+    return {"layer": "neck", "idx": level}
+
+
+# ----- the methods ------------------------------------------------------------------------------------
+def yolov3_pairs(raw, path, student_cfg):
+    loss = raw.get("distill_loss")
+    if loss != "DistillYOLOv3Loss":
+        raise ConfigError(
+            f"{path}: without `slim_method`, ppdet's distillation is the YOLOv3 one: set `distill_loss: "
+            f"DistillYOLOv3Loss` (got {loss!r}), or pick a slim_method; supported: {', '.join(SUPPORTED)}.")
+    if student_cfg.get("architecture") != "YOLOv3":
+        raise ConfigError(f"{path}: DistillYOLOv3Loss distils YOLOv3 heads, but the student is "
+                          f"{student_cfg.get('architecture')}; use slim_method CWD or FGD for other detectors.")
+    weight = float(_section(raw, "DistillYOLOv3Loss", path).get("weight", 1000))
+    _, head = _head(student_cfg, "yolo_head")
+    masks = head.get("anchor_masks") or [[6, 7, 8], [3, 4, 5], [0, 1, 2]]
+    iou_aware = bool(head.get("iou_aware", False))
+    return [{"name": f"distill_yolov3_{i}", "student": f"yolo_head.yolo_output.{i}",
+             "teacher": f"yolo_head.yolo_output.{i}",
+             "loss": {"type": "YOLOv3DistillLoss", "num_anchors": len(mask), "iou_aware": iou_aware},
+             "weight": weight} for i, mask in enumerate(masks)]
+
+
+def cwd_pairs(raw, path, student_cfg, notes):
+    loss = raw.get("distill_loss")
+    if loss not in CWD_LOSSES:
+        raise ConfigError(f"{path}: slim_method CWD needs `distill_loss:` {' or '.join(CWD_LOSSES)} (got {loss!r}).")
+    sec = _section(raw, loss, path)
+    if sec.get("normalize"):
+        raise ConfigError(f"{path}: {loss} with normalize: true is not supported; remove `normalize` (ppdet's "
+                          f"CWD configs leave it false).")
+    tau, weight = float(sec.get("tau", 1.0)), float(sec.get("weight", 1.0))
+    names = _loss_names(raw, path, "CWD")
+    s_ch, t_ch = sec.get("student_channels"), sec.get("teacher_channels")
+    align = {"type": "1x1conv"} if s_ch is not None and t_ch is not None and s_ch != t_ch else None
+    loss_cfg = {"type": "SegChannelwiseLoss", "tau": tau}
+    arch = student_cfg.get("architecture")
+    pairs = []
+    if arch == "GFL":  # ppdet: CWD on each level's class-score map and on the neck level itself
+        for i, name in enumerate(names):
+            ref = {"layer": "head.gfl_head_cls", "call": i}
+            pairs.append({"name": name, "student": ref, "teacher": ref, "loss": loss_cfg, "weight": weight})
+        for i in range(len(names)):
+            pairs.append({"name": f"neck_f_{i}", "student": _neck(i), "teacher": _neck(i), "loss": loss_cfg,
+                          "weight": weight, "align": align})
+        notes.append(f"CWD (tau {tau:g}, weight {weight:g}): class-score maps and neck outputs of levels "
+                     f"0..{len(names) - 1}")
+    else:
+        for i, name in enumerate(names):
+            pairs.append({"name": name, "student": _neck(i), "teacher": _neck(i), "loss": loss_cfg,
+                          "weight": weight, "align": align})
+        notes.append(f"CWD (tau {tau:g}, weight {weight:g}): neck outputs of levels 0..{len(names) - 1}")
+    return pairs
+
+
+def _keeps_boxes(student_cfg):
+    ops = [next(iter(t)) for t in (student_cfg.get("TrainReader") or {}).get("batch_transforms") or []
+           if isinstance(t, dict) and t]
+    return "Gt2GFLTarget" not in ops
+
+
+def fgd_pairs(raw, path, student_cfg, notes):
+    loss = raw.get("distill_loss")
+    if loss != "FGDFeatureLoss":
+        raise ConfigError(f"{path}: slim_method FGD needs `distill_loss: FGDFeatureLoss` (got {loss!r}).")
+    if not _keeps_boxes(student_cfg):
+        raise ConfigError("FGD needs the ground-truth boxes in the training batch, but the student's "
+                          "TrainReader ends with Gt2GFLTarget, which drops them; distil a GFL student with "
+                          "slim_method LD or CWD.")
+    sec = _section(raw, loss, path)
+    names = _loss_names(raw, path, "FGD")
+    s_ch = _per_level(sec.pop("student_channels", 256), len(names), f"{path}: FGDFeatureLoss.student_channels")
+    t_ch = _per_level(sec.pop("teacher_channels", 256), len(names), f"{path}: FGDFeatureLoss.teacher_channels")
+    allowed = {"temp", "alpha_fgd", "beta_fgd", "gamma_fgd", "lambda_fgd", "normalize", "loss_weight"}
+    unknown = sorted(set(sec) - allowed)
+    if unknown:
+        raise ConfigError(f"{path}: FGDFeatureLoss has no argument(s) {unknown}; it takes student_channels, "
+                          f"teacher_channels, {', '.join(sorted(allowed))}.")
+    pairs = []
+    for i, name in enumerate(names):
+        align = None
+        if s_ch[i] != t_ch[i]:
+            align = {"type": "1x1conv", "in_channels": s_ch[i], "out_channels": t_ch[i]}
+        pairs.append({"name": name, "student": _neck(i), "teacher": _neck(i),
+                      "loss": dict(sec, type="FGDFeatureLoss", channels=t_ch[i]), "weight": 1.0, "align": align})
+    notes.append(f"FGD on neck outputs of levels 0..{len(names) - 1} (student channels {s_ch}, teacher {t_ch})")
+    return pairs
+
+
+def _kl_settings(value, defaults, where):
+    if isinstance(value, str) or value is None:
+        return dict(defaults)
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a KnowledgeDistillationKLDivLoss section, got {value!r}")
+    out = dict(defaults)
+    out.update({k: v for k, v in value.items() if k in ("T", "loss_weight")})
+    return out
+
+
+def ld_pairs(raw, path, student_cfg, teacher_cfg, notes):
+    """LD's three terms as pairs; the student's LDGFLHead trains as a GFLHead (same parameters)."""
+    if student_cfg.get("architecture") != "GFL" or teacher_cfg.get("architecture") != "GFL":
+        raise ConfigError(f"{path}: slim_method LD distils GFL detectors; the student is "
+                          f"{student_cfg.get('architecture')} and the teacher {teacher_cfg.get('architecture')}.")
+    student_cfg = copy.deepcopy(student_cfg)
+    head_name, head = _head(student_cfg, "head")
+    t_name, t_head = _head(teacher_cfg, "head")
+    if head.get("dgqp_module") or t_head.get("dgqp_module"):
+        raise ConfigError("LD reads the raw class scores of GFL heads; a head with dgqp_module (GFLv2) is not "
+                          "supported.")
+    base = {"T": 10, "loss_weight": 1.0}
+    base.update({k: v for k, v in (student_cfg.get("KnowledgeDistillationKLDivLoss") or {}).items()
+                 if k in ("T", "loss_weight")})
+    settings = {term: _kl_settings(head.get(f"loss_{term}"), base, f"{head_name}.loss_{term}")
+                for term in ("ld", "ld_vlr", "kd")}
+    if head_name == "LDGFLHead":
+        plain = {k: v for k, v in head.items() if k not in ("loss_ld", "loss_ld_vlr", "loss_kd")}
+        student_cfg[student_cfg["architecture"]] = dict(student_cfg["GFL"], head="GFLHead")
+        student_cfg["GFLHead"] = plain
+        notes.append("the student's LDGFLHead trains as a GFLHead (same parameters; the LD terms are "
+                     "distillation pairs)")
+    strides = list(head.get("fpn_stride") or [8, 16, 32, 64, 128])
+    t_strides = list(t_head.get("fpn_stride") or [8, 16, 32, 64, 128])
+    if strides != t_strides or head.get("reg_max", 16) != t_head.get("reg_max", 16):
+        raise ConfigError(f"LD compares the heads level by level and bin by bin: the student's fpn_stride "
+                          f"{strides} / reg_max {head.get('reg_max', 16)} must equal the teacher's {t_strides} / "
+                          f"{t_head.get('reg_max', 16)}.")
+    targets = [t for t in (student_cfg.get("TrainReader") or {}).get("batch_transforms") or []
+               if isinstance(t, dict) and "Gt2GFLTarget" in t]
+    if not targets:
+        raise ConfigError("LD needs the student's GFL targets: end the student config's "
+                          "TrainReader.batch_transforms with Gt2GFLTarget (compute_vlr_region: true).")
+    if not (targets[0]["Gt2GFLTarget"] or {}).get("compute_vlr_region"):
+        raise ConfigError("LD's valuable-region term needs `compute_vlr_region: true` in the student config's "
+                          "TrainReader Gt2GFLTarget (the slim config's TrainReader is not used: the student's "
+                          "data settings come from -c). Add it there, or with -o "
+                          "TrainReader.batch_transforms.<i>.Gt2GFLTarget.compute_vlr_region=true.")
+    sources = ([{"layer": "head.gfl_head_cls", "call": i} for i in range(len(strides))]
+               + [f"head.p{int(round(math.log2(int(s))))}_feat" for s in strides])
+    pairs = [{"name": f"loss_{term}", "student": sources, "teacher": sources,
+              "loss": {"type": "LDLoss", "term": term, "num_levels": len(strides), "T": s["T"],
+                       "loss_weight": s["loss_weight"]}, "weight": 1.0}
+             for term, s in settings.items()]
+    notes.append("LD: " + ", ".join(f"loss_{t} (T {s['T']}, weight {s['loss_weight']})" for t, s in settings.items()))
+    return pairs, student_cfg
+
+
+# ----- loading ----------------------------------------------------------------------------------------
+def load(path, student_cfg):
+    """A PaddleDetection slim config -> SlimConfig (teacher config, teacher weights, pairs, student config)."""
+    raw = parse_yaml_with_bases(path)
+    slim = raw.get("slim")
+    if slim != "Distill":
+        raise ConfigError(f"{path}: `slim: {slim}` is not a distillation config; --slim_config reads "
+                          f"PaddleDetection's `slim: Distill` configs (pruning and quantization are not supported).")
+    method = raw.get("slim_method") or None
+    loss_section = raw.get("distill_loss") if isinstance(raw.get("distill_loss"), str) else None
+    teacher = {k: v for k, v in raw.items() if k not in METHOD_KEYS and k != loss_section}
+    if not isinstance(teacher.get("architecture"), str):
+        raise ConfigError(f"{path}: no `architecture:` after resolving `_BASE_`; the slim config must `_BASE_` "
+                          f"the teacher's config (e.g. _BASE_: ['../../yolov3/yolov3_r34_270e_coco.yml']).")
+    notes = []
+    student = student_cfg
+    if method is None:
+        pairs = yolov3_pairs(raw, path, student_cfg)
+        notes.append(f"DistillYOLOv3Loss on {len(pairs)} YOLOv3 output levels, weight {pairs[0]['weight']:g} each")
+    elif method == "CWD":
+        pairs = cwd_pairs(raw, path, student_cfg, notes)
+    elif method == "FGD":
+        pairs = fgd_pairs(raw, path, student_cfg, notes)
+    elif method == "LD":
+        pairs, student = ld_pairs(raw, path, student_cfg, teacher, notes)
+    elif method == "PPYOLOEDistill":
+        raise ConfigError(
+            f"{path}: slim_method PPYOLOEDistill is not supported yet (it needs the PP-YOLOE teacher's label "
+            f"assignment during training); supported slim_methods: {', '.join(SUPPORTED)}. PP-YOLOE feature "
+            f"distillation can be written as `distill:` pairs on the neck outputs ({{layer: neck, idx: i}}) "
+            f"with FGDFeatureLoss, SegChannelwiseLoss or L2Loss.")
+    else:
+        raise ConfigError(f"{path}: slim_method {method!r} is not known; supported: {', '.join(SUPPORTED)}.")
+    unused = [k for k in TRAINING_KEYS if k in teacher]
+    if unused:
+        notes.append(f"slim config {path}: not used (the student config -c gives them): {', '.join(unused)}")
+    for key in unused:
+        teacher.pop(key)
+    return SlimConfig(teacher, raw.get("pretrain_weights"), pairs, student, method or "DistillYOLOv3Loss", notes)
