@@ -38,7 +38,8 @@ from slim.apps.experiments.det import DATASETS, evaluate, fresh, last_checkpoint
 def save_initial_weights(cfg_path, path):
     """The student's weights as built (seed 0), before any training step."""
     import paddle
-    from slim.engine import env, launch
+    from slim.apps import launch
+    from slim.engine import env
     env.seed_everything(0)
     task, cfg = launch.load_task_config(os.path.join(ROOT, cfg_path))
     paddle.save(task.build_model(cfg).state_dict(), path)

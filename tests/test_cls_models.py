@@ -7,7 +7,7 @@ import pytest
 
 from slim.distill import Distiller
 from slim.distill.errors import ConfigError
-from slim.engine.launch import load_task_config
+from slim.apps.launch import load_task_config
 from slim.tasks import detect_task_name
 from slim.tasks.cls import Task, build_classifier, matches
 from slim.tasks.cls.models import adapt_to_state

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from slim.distill.errors import ConfigError
-from slim.engine import launch
+from slim.apps import launch
 from slim.engine.optim import build_lr_scheduler
 from slim.tasks.det import data as det_data
 from slim.tasks.det.metrics import COCOEvaluator, VOCEvaluator, average_precision

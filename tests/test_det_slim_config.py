@@ -11,7 +11,7 @@ from slim.distill.distiller import Distiller
 from slim.distill.errors import ConfigError
 from slim.distill.losses import build_loss
 from slim.distill.pairs import parse_pairs
-from slim.engine import launch
+from slim.apps import launch
 from slim.tasks.det import distill_losses  # noqa: F401  (registers FGDFeatureLoss, LDLoss)
 from tests.helpers.cli import run_tool
 from tests.helpers.det_fixtures import make_tiny_det, model_config, write_yaml

@@ -10,13 +10,12 @@ import numpy as np
 import paddle
 import pytest
 
-from slim.engine import launch
+from slim.apps import launch
 from slim.engine.checkpoint import apply_state
 from tests.helpers.cli import ROOT, SCRIPTS, run_tool
 from tests.helpers.det_fixtures import SIZE, make_tiny_det
 from tests.helpers.resume import assert_same_weights, run_interrupted
 
-SCRIPTS.setdefault("infer", "tools/infer.py")
 
 
 @pytest.fixture(scope="module")

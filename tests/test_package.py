@@ -44,3 +44,50 @@ def test_the_public_names_import_from_outside_the_checkout(tmp_path):
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Distiller" in done.stdout and "parse_pairs" in done.stdout
+
+
+SCRIPTS = ["slim-distill", "slim-train", "slim-eval", "slim-predict", "slim-infer", "slim-export", "slim-list-layers",
+           "slim-prune-layers", "slim-prepare-data", "slim-demo"]
+
+
+def test_every_console_script_answers_help_from_outside_the_checkout(tmp_path):
+    bin_dir = os.path.dirname(sys.executable)
+    for script in SCRIPTS:
+        path = os.path.join(bin_dir, script)
+        assert os.path.isfile(path), f"{script} is not installed (make install)"
+        done = subprocess.run([path, "--help"], cwd=tmp_path, env=outside_env(), capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, f"{script}: {done.stderr[-2000:]}"
+        assert "usage:" in done.stdout, script
+
+
+def test_the_folders_depend_in_one_direction():
+    """distill (engine) <- engine (trainer) <- tasks, depth <- apps <- tools, bench."""
+    forbidden = {
+        "slim/distill": r"(from|import) +slim\.(engine|tasks|depth|apps)\b|from \.\.(engine|tasks|depth|apps)\b",
+        "slim/engine": r"(from|import) +slim\.(tasks|depth|apps)\b|from \.\.(tasks|depth|apps)\b",
+        "slim/tasks": r"(from|import) +slim\.(apps|depth)\b",
+        "slim/depth": r"(from|import) +slim\.(apps|tasks)\b",
+    }
+    found = []
+    for folder, pattern in forbidden.items():
+        for base, _, files in os.walk(os.path.join(ROOT, folder)):
+            for name in files:
+                if name.endswith(".py"):
+                    path = os.path.join(base, name)
+                    for n, line in enumerate(open(path), 1):
+                        if re.search(pattern, line):
+                            found.append(f"{os.path.relpath(path, ROOT)}:{n}: {line.strip()}")
+    assert not found, "\n".join(found)
+    tasks = os.path.join(ROOT, "slim", "tasks")
+    drivers = [os.path.join(b, f) for b, _, fs in os.walk(tasks) for f in fs if f.startswith("experiment")]
+    assert not drivers, drivers
+
+
+def test_the_documented_scripts_answer_help():
+    scripts = ["slim/distill/distill_train.py"] + [f"tools/{name}" for name in sorted(os.listdir(os.path.join(ROOT, "tools")))
+                                                  if name.endswith(".py")]
+    for script in scripts:
+        done = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, env=outside_env(), capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0 and "usage:" in done.stdout, f"{script}: {done.stderr[-2000:]}"

@@ -264,7 +264,7 @@ def test_mnist_counts_lists_and_ids(mnist_out):
 
 def test_benchmark_points_the_shipped_configs_at_a_prepared_subset(mnist_out):
     """bench/cls_gain.py and demo-cls train on `--per_class` folders through -o overrides of the configs."""
-    from slim.engine.launch import load_task_config
+    from slim.apps.launch import load_task_config
     from slim.apps.experiments import cls as experiment
     _, cfg = load_task_config(os.path.join(ROOT, experiment.CONFIGS["student"]), experiment.data_opts(mnist_out))
     for split in ("train", "val"):

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from slim.datasets import nuclei
-from slim.engine.launch import load_task_config
+from slim.apps.launch import load_task_config
 from tests.helpers.cli import ROOT, run_process, run_tool
 from tests.helpers.weights_server import cache_env, save_archive, serve
 

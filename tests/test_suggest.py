@@ -7,7 +7,7 @@ import yaml
 
 from slim.apps.suggest import render_pairs, suggest_pairs
 from slim.distill import Distiller, LayerRef, freeze_teacher, parse_pairs
-from slim.engine.launch import load_task_config
+from slim.apps.launch import load_task_config
 from tests.helpers.cli import ROOT, run_process, run_tool
 from tests.helpers.det_fixtures import make_tiny_det
 from tests.helpers.seg_fixtures import make_tiny_seg, write_yaml

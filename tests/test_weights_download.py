@@ -9,7 +9,7 @@ import paddle
 import pytest
 
 from slim.distill.errors import ConfigError
-from slim.engine import launch
+from slim.apps import launch
 from slim.engine.weights import WeightsUnavailableError
 from tests.helpers.cli import run_process, run_tool
 from tests.helpers.det_fixtures import make_tiny_det

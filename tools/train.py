@@ -10,27 +10,12 @@ config (its `_BASE_`), the teacher's weights (`pretrain_weights`) and the method
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+try:  # installed (make install, pip install -e .): nothing to add
+    import slim  # noqa: F401
+except ImportError:  # run from a checkout that was not installed
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from slim.distill import distill_train  # noqa: E402
-from slim.engine import launch  # noqa: E402
-
-
-def main(argv=None):
-    p = launch.make_parser(__doc__)
-    p.add_argument("--config", "-c", required=True)
-    distill_train.add_slim_config_flag(p)
-    launch.add_common_flags(p)
-    args = p.parse_args(argv)
-    launch.setup_process(args)
-    task, cfg = launch.load_task_config(args.config, launch.flag_overrides(args, args.config))
-    if args.slim_config:
-        return distill_train.run(args, task, cfg)
-    save_dir = args.save_dir or launch.run_folder_name(task, cfg)
-    notes = []
-    model = launch.build_student(task, cfg, args.init_weights, log=notes.append)
-    launch.train(task, cfg, model, options=launch.options_from_args(args, save_dir), notes=notes)
-
+from slim.apps.train import cli, main  # noqa: E402,F401  (`slim-train` when installed)
 
 if __name__ == "__main__":
-    sys.exit(launch.run_main(main))
+    cli()

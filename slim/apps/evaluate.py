@@ -14,7 +14,7 @@ import sys
 
 import paddle
 
-from slim.engine import launch, tools
+from slim.apps import launch, tools
 
 
 def main(argv=None):

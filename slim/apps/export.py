@@ -15,7 +15,7 @@ import paddle
 import yaml
 
 from slim.distill.errors import SlimError
-from slim.engine import launch, tools
+from slim.apps import launch, tools
 
 
 def first_tensor(out):

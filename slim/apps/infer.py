@@ -14,7 +14,7 @@ import sys
 
 
 from slim.distill.errors import ConfigError
-from slim.engine import launch, tools
+from slim.apps import launch, tools
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 

@@ -20,7 +20,7 @@ import sys
 
 
 from slim.distill import SlimError, format_layers, list_layers
-from slim.engine.launch import load_task_config
+from slim.apps.launch import load_task_config
 
 
 def parse_args(argv=None):

@@ -14,7 +14,7 @@ import sys
 import paddle
 
 from slim.distill.errors import ConfigError
-from slim.engine import launch, tools
+from slim.apps import launch, tools
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 

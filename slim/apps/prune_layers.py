@@ -9,7 +9,7 @@
 
 The saved state dict loads strictly into the same model built with fewer blocks (`--verify_config`
 checks it, and that its outputs equal the un-cut model's with the removed blocks as identities). Blocks
-that are identities already (the end of a pipeline stage with `remove_layers`, slim/engine/pipeline.py)
+that are identities already (the end of a pipeline stage with `remove_layers`, slim/apps/pipeline.py)
 are cut without changing the outputs; cutting blocks of a plain trained model ("cut at once") changes
 them, and the cut model is then fine-tuned.
 """
@@ -22,7 +22,8 @@ import paddle
 from slim.depth import (ProgressiveRemoval, block_counts, compare_outputs, cut_state_dict,
                         parse_removal)
 from slim.distill.errors import ConfigError
-from slim.engine import env, launch
+from slim.apps import launch
+from slim.engine import env
 from slim.engine.checkpoint import MODEL_FILE, load_model_weights
 
 

@@ -4,7 +4,7 @@
 - removal.py  progressive removal (blocks fade into identities on a cosine schedule), layer pairs
 - freeze.py   train only named parts (`freeze:` / `trainable:` patterns)
 
-Pipelines of stages that use them: slim/engine/pipeline.py (`distill_train.py --pipeline P.yml`).
+Pipelines of stages that use them: slim/apps/pipeline.py (`distill_train.py --pipeline P.yml`).
 """
 from .blocks import (block_counts, block_lists, check_removal, compare_outputs, cut_state_dict, find_block_list, kept_indices,
                      parse_removal, renumber_index)

@@ -16,104 +16,14 @@ default (detection: L2 on the three YOLOv3 head outputs). With `--slim_config` (
 config, PaddleDetection's), the teacher's config, its weights and the method come from that file instead.
 """
 import os
+import runpy
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-from slim.distill.errors import ConfigError  # noqa: E402
-from slim.distill.pairs import logit_pairs, parse_pairs  # noqa: E402
-from slim.engine import launch  # noqa: E402
-
-
-def parse_args(argv=None):
-    p = launch.make_parser(__doc__)
-    p.add_argument("--student_config", "-c", "--config", dest="student_config", required=True)
-    p.add_argument("--teacher_config", "--teather_config", "-t", dest="teacher_config", default=None,
-                   help="teacher config (only its `model` is used); --teather_config is accepted too")
-    add_slim_config_flag(p)
-    p.add_argument("--teacher_pretrained", default=None, help="teacher weights (overrides model.pretrained)")
-    p.add_argument("--allow_untrained_teacher", action="store_true",
-                   help="run with a randomly initialised teacher (pipeline tests only)")
-    p.add_argument("--pipeline", default=None, metavar="P.yml",
-                   help="run a pipeline of stages instead (see slim/engine/pipeline.py; `--pipeline P.yml --help`)")
-    launch.add_common_flags(p)
-    return p.parse_args(argv)
-
-
-def add_slim_config_flag(parser):
-    parser.add_argument("--slim_config", default=None, metavar="DISTILL.yml",
-                        help="PaddleDetection's distillation config: it `_BASE_`s the teacher's config and sets "
-                             "pretrain_weights (the teacher's weights), slim: Distill, slim_method, distill_loss")
-
-
-def distill_pairs(task, cfg, teacher_cfg=None, extra=(), notes=None):
-    """Logit terms (`distill_loss`), yaml pairs (`distill:`), the tutorial's distill_config.py pairs and
-    `extra` (a slim config's); with none of them, the task's default pairs for this teacher, if any."""
-    from slim.distill import distill_config
-    pairs = logit_pairs(cfg.get("distill_loss"), task.logits_ref(cfg))
-    pairs += parse_pairs(cfg.get("distill") or [])
-    pairs += parse_pairs(distill_config.prepare_distill_config() or [])
-    pairs += parse_pairs(list(extra))
-    if not pairs and teacher_cfg is not None:
-        default, why = task.default_pairs(cfg, teacher_cfg)
-        pairs = parse_pairs(default or [])
-        if pairs and why and notes is not None:
-            notes.append(why)
-    names = [p.name for p in pairs]
-    duplicated = sorted({n for n in names if names.count(n) > 1})
-    if duplicated:
-        raise ConfigError(f"Two distillation terms are both named {duplicated}; give them distinct `name`s.")
-    if not pairs:
-        raise ConfigError("Nothing to distil: add `distill_loss: {types: [{type: KLLoss}], coef: [3]}` or a "
-                          "`distill:` list of pairs to the student config, or fill prepare_distill_config() "
-                          "in slim/distill/distill_config.py.")
-    return pairs, distill_config.prepare_distill_adaptor()
-
-
-def teacher_from_slim_config(task, cfg, path, notes):
-    """(student config, teacher config, teacher weights, extra pairs) from a task's `--slim_config`."""
-    slim = task.slim_config(cfg, path)
-    notes.extend(slim.notes)
-    return slim.student_cfg, slim.teacher_cfg, slim.weights, slim.pairs
-
-
-def run(args, task, cfg, allow_untrained=False):
-    """Distil with the parsed flags: the teacher from -t or from --slim_config."""
-    notes, extra, weights = [], [], getattr(args, "teacher_pretrained", None)
-    if args.slim_config:
-        if getattr(args, "teacher_config", None):
-            raise ConfigError("Give the teacher either with --slim_config (PaddleDetection's form) or with "
-                              "-t/--teacher_config, not both.")
-        cfg, teacher_cfg, slim_weights, extra = teacher_from_slim_config(task, cfg, args.slim_config, notes)
-        weights = weights or slim_weights
-    else:
-        if not getattr(args, "teacher_config", None):
-            raise ConfigError("No teacher: give its config with -t/--teacher_config (or PaddleDetection's "
-                              "--slim_config).")
-        teacher_task, teacher_cfg = launch.load_task_config(args.teacher_config)
-        if teacher_task.name != task.name:
-            raise ConfigError(f"The teacher config is a {teacher_task.name} model but the student config is "
-                              f"{task.name}: both must be the same task.")
-    teacher_cfg = task.prepare_teacher_config(cfg, teacher_cfg)
-    task.check_teacher_compatible(cfg, teacher_cfg)
-    pairs, adaptors = distill_pairs(task, cfg, teacher_cfg, extra, notes)
-    save_dir = args.save_dir or launch.run_folder_name(task, cfg, teacher_cfg, pairs)
-    student = launch.build_student(task, cfg, args.init_weights, log=notes.append)
-    teacher = launch.build_teacher(task, teacher_cfg, weights, allow_untrained, log=notes.append)
-    task.prepare_pair(student, teacher, cfg, log=notes.append)
-    launch.train(task, cfg, student, teacher, pairs, adaptors, launch.options_from_args(args, save_dir), notes)
-
-
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if any(a == "--pipeline" or a.startswith("--pipeline=") for a in argv):
-        from slim.engine import pipeline  # stages of training from one yaml (slim/engine/pipeline.py)
-        return pipeline.main(argv)
-    args = parse_args(argv)
-    launch.setup_process(args)
-    task, cfg = launch.load_task_config(args.student_config, launch.flag_overrides(args, args.student_config))
-    run(args, task, cfg, args.allow_untrained_teacher)
-
-
 if __name__ == "__main__":
-    sys.exit(launch.run_main(main))
+    try:  # installed (make install, pip install -e .): nothing to add
+        import slim  # noqa: F401
+    except ImportError:  # run from a checkout that was not installed
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    # This file is the tutorial's entry point, not part of the engine: it runs the command's module
+    # (slim/apps/distill.py), exactly as `python -m slim.apps.distill` or the `slim-distill` command do.
+    runpy.run_module("slim.apps.distill", run_name="__main__", alter_sys=True)

@@ -1,2 +1,3 @@
 """The shared trainer and what surrounds it: one training loop for every task, checkpoints, schedules,
-reproducible data loading, hooks, and the helpers behind the command-line tools."""
+reproducible data loading, hooks, weights loading. It imports no task: the commands that pick a task live in
+slim/apps/."""

@@ -9,15 +9,25 @@ A checkpoint folder (`iter_N/`, `best_model/`) holds:
     train_state.pdstates iteration, epoch, best metric, random states
     metrics.json         evaluation results, when the folder was written after an evaluation
 
-Each folder is first written under a temporary name and then renamed, so a crash while saving never
-leaves a half-written checkpoint in place of a good one.
+Each folder is first written under a temporary name (`.iter_N.tmp-*`) and then renamed, so a crash while
+saving never leaves a half-written checkpoint in place of a good one. `--resume_model auto` takes the newest
+`iter_N` that reads back completely (find_latest_checkpoint): temporary folders of a killed save, folders
+missing a file and files that cannot be read (truncated) are skipped, each with a line saying why.
+
+Test hooks (environment variables, for the tests of the points above; never set them otherwise):
+    SLIM_TEST_KILL_DURING_SAVE=N   the process SIGKILLs itself right after writing model.pdparams into the
+                                   temporary folder of `iter_N`, as a machine failing mid-save would
+    SLIM_TEST_SLOW_SAVE=SECONDS    every save sleeps that long after writing model.pdparams (to send a
+                                   signal while a save is under way)
 """
 import json
 import os
 import pickle
 import re
 import shutil
+import signal
 import tempfile
+import time
 
 import paddle
 
@@ -26,6 +36,12 @@ from slim.distill.errors import ConfigError
 MODEL_FILE, CONNECTOR_FILE, OPT_FILE, STATE_FILE, EMA_FILE = (
     "model.pdparams", "connectors.pdparams", "model.pdopt", "train_state.pdstates", "ema.pdparams")
 _ITER_RE = re.compile(r"^iter_(\d+)$")
+_TMP_RE = re.compile(r"^\.iter_\d+\.tmp-")  # save_checkpoint's temporary folder
+_OLD_RE = re.compile(r"^iter_\d+\.old-\d+$")  # _replace_dir's copy being replaced
+# what resuming reads: key -> file; the first three must be there
+_RESUME_FILES = {"model": MODEL_FILE, "optimizer": OPT_FILE, "state": STATE_FILE, "connectors": CONNECTOR_FILE,
+                 "ema": EMA_FILE}
+_REQUIRED = ("model", "optimizer", "state")
 
 
 def _replace_dir(tmp_dir, final_dir):
@@ -49,6 +65,7 @@ def save_checkpoint(path, model_state, connector_state=None, optimizer_state=Non
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a checkpoint folder is an ordinary folder
     try:
         paddle.save(model_state, os.path.join(tmp, MODEL_FILE))
+        _test_hooks_mid_save(path)
         if connector_state:
             paddle.save(connector_state, os.path.join(tmp, CONNECTOR_FILE))
         if optimizer_state is not None:
@@ -66,6 +83,16 @@ def save_checkpoint(path, model_state, connector_state=None, optimizer_state=Non
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _test_hooks_mid_save(path):
+    """SLIM_TEST_SLOW_SAVE and SLIM_TEST_KILL_DURING_SAVE (see the module docstring); nothing when unset."""
+    delay = os.environ.get("SLIM_TEST_SLOW_SAVE")
+    if delay:
+        time.sleep(float(delay))
+    kill_at = os.environ.get("SLIM_TEST_KILL_DURING_SAVE")
+    if kill_at and os.path.basename(os.path.normpath(path)) == f"iter_{int(kill_at)}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def iter_checkpoints(save_dir):
@@ -153,27 +180,71 @@ def apply_state(model, state, what="weights", strict=True):
     model.set_state_dict({k: v for k, v in state.items() if k in own})
 
 
-def read_checkpoint(path):
-    """Everything in a checkpoint folder (for resuming): dict with model, connectors, optimizer, state, ema."""
-    if not os.path.isdir(path):
-        raise ConfigError(f"--resume_model {path!r} is not a checkpoint folder (expected e.g. "
-                          f"output/iter_1000 holding {MODEL_FILE} and {STATE_FILE}).")
-    files = {"model": MODEL_FILE, "connectors": CONNECTOR_FILE, "optimizer": OPT_FILE, "state": STATE_FILE,
-             "ema": EMA_FILE}
+def _read_resumable(path):
+    """(everything resuming needs from the folder, None) or (None, why it cannot be resumed)."""
+    missing = [_RESUME_FILES[k] for k in _REQUIRED if not os.path.isfile(os.path.join(path, _RESUME_FILES[k]))]
+    if missing:
+        return None, (f"no {' and no '.join(missing)} (a copy of the weights alone, like best_model/, or a "
+                      f"folder written incompletely)")
     out = {}
-    for key, name in files.items():
+    for key, name in _RESUME_FILES.items():
         file = os.path.join(path, name)
-        if os.path.isfile(file):
-            if key == "state":
+        if not os.path.isfile(file):
+            continue
+        try:
+            if key == "state":  # pickle: paddle.load would turn numpy's RNG state into tensors
                 with open(file, "rb") as f:
                     out[key] = pickle.load(f)
             else:
                 out[key] = paddle.load(file)
-    for key in ("model", "state", "optimizer"):
-        if key not in out:
-            raise ConfigError(f"Checkpoint {path} has no {files[key]}: it cannot be resumed (it may be a "
-                              f"best_model/ export or an interrupted save). Resume from an iter_N folder.")
+        except Exception as e:  # truncated (a save cut short, a full disk) or not a checkpoint file
+            return None, f"{name} cannot be read, it is truncated or corrupt ({type(e).__name__}: {e})"
+        if key == "state" and not (isinstance(out[key], dict) and "iter" in out[key]):
+            return None, f"{name} does not hold a training state"
+    return out, None
+
+
+def read_checkpoint(path):
+    """Everything in a checkpoint folder (for resuming): dict with model, connectors, optimizer, state, ema."""
+    if not os.path.isdir(path):
+        raise ConfigError(f"--resume_model {path!r} is not a checkpoint folder (expected e.g. "
+                          f"output/iter_1000 holding {MODEL_FILE} and {STATE_FILE}, or `auto` for the newest "
+                          f"complete one in --save_dir).")
+    out, problem = _read_resumable(path)
+    if problem:
+        raise ConfigError(f"Checkpoint {path} cannot be resumed: {problem}. Resume from another iter_N folder, "
+                          f"or pass --resume_model auto to take the newest complete one in --save_dir.")
     return out
+
+
+def find_latest_checkpoint(save_dir, log=print):
+    """The newest `iter_N` folder of save_dir that can be resumed, read: (path, checkpoint), or (None, None).
+
+    Left for a human, never deleted, and each named on `log` with the reason: temporary folders of a save
+    that was killed (`.iter_N.tmp-*`, `iter_N.old-*`), `iter_N` folders missing a file, and folders with a
+    file that cannot be read (truncated)."""
+    if not os.path.isdir(save_dir):
+        return None, None
+    candidates = []
+    for name in sorted(os.listdir(save_dir)):
+        path = os.path.join(save_dir, name)
+        if not os.path.isdir(path):
+            continue
+        match = _ITER_RE.match(name)
+        if match:
+            candidates.append((int(match.group(1)), path))
+        elif _TMP_RE.match(name):
+            log(f"--resume_model auto: skipped {path}: the temporary folder of a save that did not finish (the "
+                f"process was killed while writing it); it can be deleted")
+        elif _OLD_RE.match(name):
+            log(f"--resume_model auto: skipped {path}: an older copy set aside while a checkpoint was being "
+                f"replaced (the process was killed then); resume from it by path if it is the one you need")
+    for _, path in sorted(candidates, reverse=True):
+        ckpt, problem = _read_resumable(path)
+        if problem is None:
+            return path, ckpt
+        log(f"--resume_model auto: skipped {path}: {problem}")
+    return None, None
 
 
 def _longest_prefix(key, names):

@@ -76,16 +76,18 @@ class CheckpointHook(Hook):
 
     def after_step(self, trainer):
         if self.save_interval > 0 and trainer.iter % self.save_interval == 0 and trainer.iter != trainer.max_iters:
-            self._save(trainer)
+            self.save(trainer)
 
     def after_train(self, trainer):
         if trainer.iter > trainer.start_iter or not trainer.has_checkpoint(trainer.iter):
-            self._save(trainer)
+            self.save(trainer)
 
-    def _save(self, trainer):
-        trainer.save_checkpoint()
+    def save(self, trainer):
+        """`iter_N` now (every rank calls it; rank 0 writes), then the oldest beyond keep_max go."""
+        path = trainer.save_checkpoint()
         if env.is_main_process():
             prune_checkpoints(trainer.save_dir, self.keep_max)
+        return path
 
 
 class EvalHook(Hook):

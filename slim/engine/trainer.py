@@ -7,11 +7,20 @@ Loss of a step = the task's weighted terms (e.g. `loss: {types: [CrossEntropyLos
 + the weighted distillation terms (logits `distill_loss` and feature pairs), each logged by name.
 Iteration-based (`iters`) or epoch-based (`epochs`); warm-up by iterations or epochs (see optim.py).
 Checkpoints hold the student alone in model.pdparams; connectors, optimizer, schedule, random states
-and the iteration are saved beside it, so `resume_model` continues exactly where a run stopped.
+and the iteration are saved beside it, so `resume_model` continues exactly where a run stopped
+(`resume_model="auto"`: the newest complete checkpoint in save_dir, or a fresh start when there is none).
 With `ema:` in the config (ema.py), evaluation and model.pdparams use the moving average of the weights.
+
+Stopping: SIGTERM, SIGUSR1 and a first Ctrl-C (SIGINT) ask the run to stop. The current step finishes, a
+resumable `iter_N` is written (unless the periodic save just wrote it) and StopRequested is raised: the
+command exits with 128 + the signal's number (SIGTERM: 143, Ctrl-C: 130). A second Ctrl-C interrupts at once,
+without saving. Under `paddle.distributed.launch` every process stops at the same iteration. During the
+set-up (before the first batch is loaded) signals act as usual: there is nothing to save yet.
 """
 import json
 import os
+import signal
+import threading
 import time
 from collections import OrderedDict
 
@@ -22,12 +31,83 @@ from slim.distill.adaptor import unwrap
 from slim.distill.errors import ConfigError, NonFiniteLossError
 from . import env
 from .analysis import describe_model
-from .checkpoint import (MODEL_FILE, apply_state, iter_checkpoints, portable_optimizer_state, read_checkpoint,
-                         restore_optimizer_state, save_checkpoint)
+from .checkpoint import (MODEL_FILE, apply_state, find_latest_checkpoint, iter_checkpoints, portable_optimizer_state,
+                         read_checkpoint, restore_optimizer_state, save_checkpoint)
 from .data import BatchStream
 from .ema import ModelEMA, ema_settings
 from .hooks import CheckpointHook, EvalHook, LoggerHook, VisualDLHook
 from .optim import build_lr_scheduler, build_optimizer
+
+
+AUTO_RESUME = "auto"
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
+
+
+class StopRequested(KeyboardInterrupt):
+    """The run stopped because a signal asked it to, after saving a resumable checkpoint.
+
+    `exit_code` is 128 + the signal's number (SIGTERM: 143, SIGINT: 130), the status a shell reports for a
+    process ended by that signal; str() is the logged line saying where the run stopped and how to go on."""
+
+    def __init__(self, message, signum):
+        super().__init__(message)
+        self.signum = int(signum)
+        self.exit_code = 128 + self.signum
+
+
+class StopSignals:
+    """Once installed, SIGTERM, SIGUSR1 and a first SIGINT only record a request to stop (`signum`); the
+    trainer looks at it between steps. A SIGINT after a request interrupts at once (KeyboardInterrupt), as
+    Python does by default. Installed only from the main thread, never over a signal that is ignored
+    (SIG_IGN, e.g. SIGINT of a background job); restore() puts the previous handlers back.
+
+    Data-loading worker processes forked after install() inherit the handlers and ignore SIGINT and SIGUSR1
+    (a Ctrl-C reaches the whole process group): the main process finishes its step and they end with it.
+    Paddle's workers set their own SIGTERM handler, so a SIGTERM sent to the whole group (rather than to
+    the training process) ends them, and with --num_workers > 0 the run then fails without saving."""
+
+    def __init__(self):
+        self.signum = 0  # the first signal received; 0: none
+        self.forced = False  # a second SIGINT interrupted at once
+        self._previous = {}
+        self._pid = None
+
+    def __enter__(self):
+        return self.install()
+
+    def __exit__(self, *exc):
+        self.restore()
+        return False
+
+    def install(self):
+        if self._previous or threading.current_thread() is not threading.main_thread():
+            return self
+        self._pid = os.getpid()
+        for name in STOP_SIGNALS:
+            sig = getattr(signal, name, None)
+            if sig is None:
+                continue
+            previous = signal.getsignal(sig)
+            if previous is signal.SIG_IGN or previous is None:  # ignored on purpose, or set outside Python
+                continue
+            signal.signal(sig, self._handle)
+            self._previous[sig] = previous
+        return self
+
+    def restore(self):
+        previous, self._previous = self._previous, {}
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        # Only record: no I/O here (the step, or a checkpoint being written, goes on undisturbed).
+        if os.getpid() != self._pid:
+            return  # a forked data-loading worker: the main process decides
+        if self.signum and signum == signal.SIGINT:
+            self.forced = True
+            raise KeyboardInterrupt
+        if not self.signum:
+            self.signum = signum
 
 
 class TrainOptions:
@@ -44,7 +124,8 @@ class TrainOptions:
 
 
 def check_save_dir_is_free(save_dir, resume_model):
-    """Refuse to start a new run over the checkpoints of another one (nothing of the user's is lost)."""
+    """Refuse to start a new run over the checkpoints of another one (nothing of the user's is lost).
+    Any resume, `auto` included, continues the run that is there."""
     if resume_model:
         return
     taken = [os.path.basename(p) for _, p in iter_checkpoints(save_dir)]
@@ -52,7 +133,8 @@ def check_save_dir_is_free(save_dir, resume_model):
         taken.append("best_model")
     if taken:
         last = iter_checkpoints(save_dir)
-        hint = f"--resume_model {last[-1][1]} to continue it, " if last else ""
+        hint = (f"--resume_model {AUTO_RESUME} (the newest complete checkpoint) or --resume_model {last[-1][1]} "
+                f"to continue it, ") if last else ""
         raise ConfigError(f"--save_dir {save_dir} already holds checkpoints of another run "
                           f"({', '.join(taken[:6])}). Pass {hint}or choose another --save_dir (nothing was "
                           f"overwritten).")
@@ -76,6 +158,9 @@ class Trainer:
         self.ema = None
         self._log_file = None
         self._notes = list(notes)  # lines logged before the run folder existed (weights loaded, ...)
+        self.world = 1
+        self.stop_signals = StopSignals()
+        self._saved_iter = None  # the iteration of the last iter_N written by this run
 
     # ----- logging ----------------------------------------------------------------------------------
     def log(self, message):
@@ -102,7 +187,7 @@ class Trainer:
     # ----- set-up -----------------------------------------------------------------------------------
     def _setup(self):
         opts = self.options
-        world = env.init_distributed()
+        world = self.world = env.init_distributed()
         check_save_dir_is_free(self.save_dir, opts.resume_model)
         if env.is_main_process():
             os.makedirs(self.save_dir, exist_ok=True)
@@ -142,7 +227,7 @@ class Trainer:
         self.lr = build_lr_scheduler(self.settings, self.max_iters, self.iters_per_epoch, lr_scale, warmup_scale)
         named = [(n, p) for n, p in unwrap(self.student).named_parameters()]
         if self.distiller is not None:
-            named += [(f"connectors.{n}", p) for n, p in self.distiller.connectors.named_parameters()]
+            named += self.distiller.named_extra_parameters()  # connectors, trainable loss layers
         self.named_params = named
         self.optimizer = build_optimizer(self.settings, named, self.lr)
         ema = ema_settings(self.settings.get("ema"))
@@ -154,8 +239,12 @@ class Trainer:
         self.log(f"training {total:,} parameters for {self.max_iters} iterations "
                  f"({self.iters_per_epoch} per epoch, batch {batch_size} x {world} process(es))")
 
-        if opts.resume_model:
-            self._resume(opts.resume_model)
+        resume, ckpt = opts.resume_model, None
+        if isinstance(resume, str) and resume.lower() == AUTO_RESUME:
+            resume, ckpt = self._find_resumable()
+        if resume:
+            self._resume(resume, ckpt)
+        self.stop_signals.install()  # before the data loader forks its workers (see StopSignals)
         self.stream.start_at(self.iter)
         self.epoch = self.stream.epoch
 
@@ -190,8 +279,27 @@ class Trainer:
             raise ConfigError("Set the length of training: `iters` (or --iters) or `epochs` in the config.")
         return int(iters)
 
-    def _resume(self, path):
-        ckpt = read_checkpoint(path)
+    def _find_resumable(self):
+        """`--resume_model auto`: the newest complete iter_N of save_dir, (path, checkpoint) or (None, None).
+        The first process chooses (and logs what it skips); the others take the same folder."""
+        path = ckpt = None
+        if env.is_main_process():
+            path, ckpt = find_latest_checkpoint(self.save_dir, log=self.log)
+        if self.world > 1:
+            chosen = []
+            paddle.distributed.all_gather_object(chosen, path)
+            path = chosen[0]
+            if path is not None and ckpt is None:
+                ckpt = read_checkpoint(path)
+        if path is None:
+            self.log(f"--resume_model {AUTO_RESUME}: no complete checkpoint in {self.save_dir}; starting a new run "
+                     f"from iteration 0")
+        else:
+            self.log(f"--resume_model {AUTO_RESUME}: the newest complete checkpoint is {path}")
+        return path, ckpt
+
+    def _resume(self, path, ckpt=None):
+        ckpt = ckpt if ckpt is not None else read_checkpoint(path)
         ema = ckpt.get("ema")
         trained = ema["training_weights"] if ema else ckpt["model"]  # model.pdparams holds the average then
         apply_state(unwrap(self.student), trained, f"the student weights of {path}")
@@ -206,18 +314,36 @@ class Trainer:
         self.iter = self.start_iter = int(state["iter"])
         self.best_metric, self.best_iter = state.get("best_metric"), state.get("best_iter")
         env.set_rng_state(state["rng"][env.rank()] if isinstance(state["rng"], list) else state["rng"])
+        saved_max = state.get("max_iters")
+        if saved_max is not None and int(saved_max) != self.max_iters and self.iter < self.max_iters:
+            self._rescale_schedule(int(saved_max))
         if self.iter >= self.max_iters:
             self.log(f"{path} is at iteration {self.iter}, the end of this run ({self.max_iters}); "
                      f"raise --iters to train further.")
         self.log(f"resumed from {path} at iteration {self.iter}")
 
+    def _rescale_schedule(self, saved_max):
+        """A resume with another length (e.g. a larger --iters): the schedule was built for this run's
+        max_iters and the checkpoint restored its position; recompute the rate at that position, which the
+        checkpoint holds as computed for the old length (the next step would use it)."""
+        if not isinstance(self.lr, paddle.optimizer.lr.LRScheduler):
+            return
+        before = self.current_lr()
+        self.lr.step(self.lr.last_epoch)
+        self.log(f"the checkpoint was saved in a run of {saved_max} iterations, this one has {self.max_iters}: "
+                 f"the learning-rate schedule now runs to iteration {self.max_iters} (rate at iteration "
+                 f"{self.iter}: {before:.6g} -> {self.current_lr():.6g})")
+
     # ----- the loop ---------------------------------------------------------------------------------
     def train(self):
-        self._setup()
         try:
-            self._loop()
+            self._setup()
+            try:
+                self._loop()
+            finally:
+                self.close()
         finally:
-            self.close()
+            self.stop_signals.restore()
         return self
 
     def _loop(self):
@@ -235,16 +361,58 @@ class Trainer:
                 self.last_batch_cost = time.perf_counter() - t0
                 self.last_batch_size = self.task.batch_size_of(batch)
                 self._call("after_step")
+                if self.iter < self.max_iters:
+                    signum = self._agreed_stop()
+                    if signum:
+                        self._stop(signum)
+        except StopRequested:
+            raise
         except KeyboardInterrupt:
+            if self.stop_signals.forced:  # a second Ctrl-C: out now, the step may be half done, so no save
+                last = iter_checkpoints(self.save_dir)
+                raise KeyboardInterrupt(
+                    f"interrupted again after iteration {self.iter}: stopped at once without saving. "
+                    + (f"Continue from the newest checkpoint, {last[-1][1]}, with --resume_model {AUTO_RESUME}."
+                       if last else "No checkpoint of this run was saved.")) from None
             if self.iter > self.start_iter:
-                path = self.save_checkpoint()
+                path = self._save_now()
                 self.log(f"interrupted at iteration {self.iter}; saved {path}. Continue with "
                          f"--resume_model {path}")
             raise
         self._call("after_train")
+        if self.stop_signals.signum:
+            self.log(f"{signal.Signals(self.stop_signals.signum).name} received at the end of the run: training "
+                     f"had finished and its final checkpoint is saved")
         if self.best_metric is not None:
             self.log(f"best {self.task.primary_metric} {self.best_metric:.4f} at iteration {self.best_iter}, "
                      f"saved in {os.path.join(self.save_dir, 'best_model')}")
+
+    def _agreed_stop(self):
+        """The signal asking to stop (0: none). Several processes agree with a max all-reduce, so that all
+        stop after the same iteration; a single process only reads the handler's flag (no sync)."""
+        signum = self.stop_signals.signum
+        if self.world > 1:
+            flag = paddle.to_tensor([signum], dtype="int32")
+            paddle.distributed.all_reduce(flag, op=paddle.distributed.ReduceOp.MAX)
+            signum = int(flag.numpy()[0])
+        return signum
+
+    def _stop(self, signum):
+        """Stop at a signal's request: a resumable iter_N (rank 0 writes it), one line, StopRequested."""
+        name = signal.Signals(signum).name
+        self.log(f"{name} received: stopping after iteration {self.iter}/{self.max_iters}, saving a checkpoint")
+        path = self._save_now()
+        message = (f"stopped by {name} at iteration {self.iter}/{self.max_iters}; checkpoint {path}. Continue "
+                   f"with the same command and --resume_model {AUTO_RESUME} (or --resume_model {path}).")
+        self.log(message)
+        raise StopRequested(message, signum)
+
+    def _save_now(self):
+        """iter_N of the current iteration, unless this run has just written it."""
+        if self._saved_iter == self.iter:
+            return os.path.join(self.save_dir, f"iter_{self.iter}")
+        hook = next((h for h in getattr(self, "hooks", ()) if isinstance(h, CheckpointHook)), None)
+        return hook.save(self) if hook is not None else self.save_checkpoint()
 
     def close(self):
         """Release hooks, files and the VisualDL writer (after every hook's after_train has written)."""
@@ -325,6 +493,8 @@ class Trainer:
                             portable_optimizer_state(self.optimizer.state_dict(), self.named_params) if full else None,
                             state, metrics, ema)
         env.barrier()
+        if full and name is None:
+            self._saved_iter = self.iter
         return path
 
     def evaluate(self):

@@ -1,28 +1,25 @@
 """Run the command-line tools in-process (fast) or as real subprocesses."""
-import importlib.util
+import importlib
 import os
 import subprocess
 import sys
 
-from slim.engine.launch import run_main
+from slim.apps.launch import run_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPTS = {"distill_train": "slim/distill/distill_train.py", "train": "tools/train.py", "eval": "tools/eval.py",
-           "predict": "tools/predict.py", "export": "tools/export.py", "list_layers": "tools/list_layers.py",
+           "predict": "tools/predict.py", "infer": "tools/infer.py", "export": "tools/export.py", "list_layers": "tools/list_layers.py",
            "prepare_data": "tools/prepare_data.py", "prune_layers": "tools/prune_layers.py"}
 
 
-def load_script(name):
-    path = os.path.join(ROOT, SCRIPTS[name])
-    spec = importlib.util.spec_from_file_location(f"_cli_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+# the module each script runs (slim/apps/); in-process runs call its main() directly
+MODULES = {"distill_train": "distill", "train": "train", "eval": "evaluate", "predict": "predict", "infer": "infer", "export": "export",
+           "list_layers": "list_layers", "prepare_data": "prepare_data", "prune_layers": "prune_layers"}
 
 
 def run_tool(name, *args):
     """The tool's exit code, as its command line would return it."""
-    module = load_script(name)
+    module = importlib.import_module(f"slim.apps.{MODULES[name]}")
     return run_main(lambda: module.main([str(a) for a in args]))
 
 

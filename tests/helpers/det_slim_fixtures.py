@@ -68,7 +68,7 @@ def save_random_weights(task, cfg, path):
 
 def make_gfl(root):
     """Teacher and student GFL configs (ppdet yaml with `_BASE_`), the LD student (LDGFLHead), teacher weights."""
-    from slim.engine import launch
+    from slim.apps import launch
     data = prepare_trees(root)
     paths = {"data": data, "root": root}
     write_yaml(os.path.join(root, "_base_", "gfl_trees.yml"), gfl_base(data))

@@ -23,7 +23,7 @@ from functools import partial
 
 from slim.apps import commands
 from slim.apps.commands import PY, ROOT, last_checkpoint
-from slim.engine.pipeline import STATE_FILE, handed_weights
+from slim.apps.pipeline import STATE_FILE, handed_weights
 
 CONFIGS = {"teacher": "configs/depth/segformer_mscan_d14_nuclei.yml",
            "student": "configs/depth/segformer_mscan_d7_nuclei.yml",
@@ -97,7 +97,9 @@ def measure_latency(models, runs=25, shape=(1, 3, 256, 256), warmup=3):
     the models take turns each round so that a change in machine load hits them all alike."""
     import paddle
 
-    from slim.engine import env, launch
+    from slim.apps import launch
+
+    from slim.engine import env
     env.set_device("cpu")
     built = {}
     for name, (config, weights) in models.items():

@@ -2,7 +2,7 @@
 import os
 
 from slim.distill.errors import ConfigError
-from . import env
+from slim.engine import env
 from .launch import load_task_config
 
 
@@ -46,7 +46,7 @@ def model_path(args, task, cfg):
 
 def default_output_dir(args, task, cfg):
     """Where tools write side outputs when not told: beside --save_json, else beside the weights."""
-    from .checkpoint import resolve_weights_path
+    from slim.engine.checkpoint import resolve_weights_path
     if getattr(args, "save_json", None):
         return os.path.dirname(os.path.abspath(args.save_json))
     path = getattr(args, "local_weights", None) or model_path(args, task, cfg)[0]

@@ -60,10 +60,12 @@ from slim.distill.adaptor import unwrap
 from slim.distill.config import apply_overrides, parse_yaml_with_bases
 from slim.distill.errors import ConfigError, SlimError
 from slim.distill.pairs import check_keys, logit_pairs, parse_pairs
-from . import env, launch
-from .checkpoint import MODEL_FILE, iter_checkpoints, load_model_weights, save_checkpoint
-from .hooks import Hook
-from .trainer import TrainOptions
+from slim.engine import env
+from slim.engine.checkpoint import (MODEL_FILE, find_latest_checkpoint, iter_checkpoints, load_model_weights,
+                                    save_checkpoint)
+from slim.engine.hooks import Hook
+from slim.engine.trainer import TrainOptions
+from . import launch
 
 STATE_FILE = "pipeline_state.json"
 RUN_KEYS = ("seed", "save_interval", "log_iters", "do_eval", "eval_interval", "keep_checkpoint_max",
@@ -313,8 +315,8 @@ class Pipeline:
 
     def _options(self, stage, folder):
         run = {k: self._run_setting(stage, k) for k in RUN_KEYS}
-        checkpoints = iter_checkpoints(folder)
-        resume = checkpoints[-1][1] if checkpoints else None
+        # the newest complete checkpoint of the stage; one left half-written by a killed save is skipped
+        resume, _ = find_latest_checkpoint(folder, log=self.log)
         return TrainOptions(save_dir=folder, log_iters=run["log_iters"], save_interval=run["save_interval"],
                             keep_checkpoint_max=run["keep_checkpoint_max"], do_eval=bool(run["do_eval"]),
                             eval_interval=run["eval_interval"], use_vdl=bool(run["use_vdl"]),

@@ -12,8 +12,8 @@ from slim.distill.config import load_config
 from slim.distill.distiller import freeze_teacher
 from slim.distill.errors import ConfigError, SlimError
 from slim.tasks import get_task
-from . import env
-from .trainer import TrainOptions, Trainer
+from slim.engine import env
+from slim.engine.trainer import TrainOptions, Trainer
 
 
 def add_common_flags(parser):
@@ -23,7 +23,8 @@ def add_common_flags(parser):
     p.add_argument("--batch_size", type=int, default=None, help="batch size per process")
     p.add_argument("--learning_rate", type=float, default=None, help="base learning rate")
     p.add_argument("--save_interval", type=int, default=1000, help="checkpoint every N iterations")
-    p.add_argument("--resume_model", "-r", default=None, help="checkpoint folder to resume (e.g. output/iter_500)")
+    p.add_argument("--resume_model", "-r", default=None, help="checkpoint folder to resume (e.g. output/iter_500), or "
+                   "`auto`: the newest complete one in --save_dir (a fresh start when there is none)")
     p.add_argument("--save_dir", default=None,
                    help="output folder (default: output/<models>/<settings>, named from the run)")
     p.add_argument("--keep_checkpoint_max", type=int, default=5)

@@ -1,0 +1,38 @@
+"""Train one model alone with the shared trainer (the tutorial's teacher and student-baseline steps).
+
+    python tools/train.py --config configs/seg/deeplabv3p_resnet18_vd_nuclei_teacher.yml \
+        --do_eval --save_interval 100 --seed 0 --save_dir output/teacher
+
+With PaddleDetection's `--slim_config distill.yml` it distils instead: the slim config gives the teacher's
+config (its `_BASE_`), the teacher's weights (`pretrain_weights`) and the method (`slim_method`,
+`distill_loss`); the student's data, readers, optimizer and schedule come from -c.
+"""
+import sys
+
+
+from . import distill, launch
+
+
+def main(argv=None):
+    p = launch.make_parser(__doc__)
+    p.add_argument("--config", "-c", required=True)
+    distill.add_slim_config_flag(p)
+    launch.add_common_flags(p)
+    args = p.parse_args(argv)
+    launch.setup_process(args)
+    task, cfg = launch.load_task_config(args.config, launch.flag_overrides(args, args.config))
+    if args.slim_config:
+        return distill.run(args, task, cfg)
+    save_dir = args.save_dir or launch.run_folder_name(task, cfg)
+    notes = []
+    model = launch.build_student(task, cfg, args.init_weights, log=notes.append)
+    launch.train(task, cfg, model, options=launch.options_from_args(args, save_dir), notes=notes)
+
+
+def cli():
+    """The `slim-train` command."""
+    sys.exit(launch.run_main(main))
+
+
+if __name__ == "__main__":
+    cli()
