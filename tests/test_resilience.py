@@ -103,17 +103,22 @@ def test_sigterm_saves_exits_143_and_auto_resume_ends_bit_equal(seg, capsys):
     assert_bit_equal(seg["unbroken"] / f"iter_{ITERS}", out / f"iter_{ITERS}")
 
 
-def test_a_second_sigterm_during_the_save_leaves_a_loadable_checkpoint(seg):
-    out = seg["root"] / "twice"
+def signal_again_during_the_save(seg, out, sig, repeats):
+    """Send `sig` once training runs, then `repeats` more times while the stop's (slowed) save is under way."""
     proc = start(seg, out, "--save_interval", 100, env={"SLIM_TEST_SLOW_SAVE": "1.5"})
     seen = read_until(proc, f"iter: 1/{ITERS}")
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     deadline = time.time() + 60
     while not [n for n in os.listdir(out) if n.startswith(".iter_")] and time.time() < deadline:
         time.sleep(0.02)  # the stop's save is under way once its temporary folder exists
-    proc.send_signal(signal.SIGTERM)
-    proc.send_signal(signal.SIGTERM)
-    output = finish(proc, seen)
+    for _ in range(repeats):
+        proc.send_signal(sig)
+    return finish(proc, seen), proc
+
+
+def test_a_second_sigterm_during_the_save_leaves_a_loadable_checkpoint(seg):
+    out = seg["root"] / "twice"
+    output, proc = signal_again_during_the_save(seg, out, signal.SIGTERM, repeats=2)
     assert proc.returncode == 143, output
     saved = checkpoints(out)
     assert len(saved) == 1 and f"stopped by SIGTERM at iteration {saved[0][5:]}/" in output, output
@@ -124,14 +129,7 @@ def test_a_second_sigterm_during_the_save_leaves_a_loadable_checkpoint(seg):
 
 def test_a_second_ctrl_c_interrupts_at_once_and_leaves_no_partial_checkpoint(seg):
     out = seg["root"] / "ctrl_c_twice"
-    proc = start(seg, out, "--save_interval", 100, env={"SLIM_TEST_SLOW_SAVE": "1.5"})
-    seen = read_until(proc, f"iter: 1/{ITERS}")
-    proc.send_signal(signal.SIGINT)
-    deadline = time.time() + 60
-    while not [n for n in os.listdir(out) if n.startswith(".iter_")] and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
-    output = finish(proc, seen)
+    output, proc = signal_again_during_the_save(seg, out, signal.SIGINT, repeats=1)
     assert proc.returncode == 130, output
     assert "stopped at once without saving. No checkpoint of this run was saved." in output
     assert os.listdir(out) and not [n for n in os.listdir(out) if "iter_" in n]  # nor a temporary folder

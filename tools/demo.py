@@ -1,13 +1,7 @@
 """Each task's distillation demo, end to end, with the package's own commands (`make demo`, `make demo-det`, ...).
 
-    python tools/demo.py seg [--out output/demo] [--seed 0] [--quick]           (slim/apps/experiments/seg.py)
-    python tools/demo.py cls [--out output/demo-cls] [--seed 0] [--quick]       (slim/apps/experiments/cls.py)
-    python tools/demo.py depth [--out output/demo-depth] [--seed 0] [--quick]   (slim/apps/experiments/depth.py)
-    python tools/demo.py det [--out output/demo-det] [--seed 0] [--quick] [--data nuclei|trees]
-                                                                                (slim/apps/experiments/det.py)
-
-Every step is the command a user would type; each is printed before it runs, its progress lines are
-shown as they come, and the table of results is printed and written to --out.
+The command lives in slim/apps/demo.py (its usage: `python tools/demo.py --help`); installed, it is also
+`slim-demo`.
 """
 import os
 import sys

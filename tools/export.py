@@ -1,10 +1,7 @@
 """Export a trained model for inference (`paddle.jit.save`) and check it against the dygraph model.
 
-    python tools/export.py --config configs/seg/deeplabv3p_resnet18_vd_nuclei_student.yml \
-        --model_path output/seg/distill/best_model/model.pdparams --save_dir output/seg/export
-
-Writes SAVE_DIR/model (Paddle's inference files) and deploy.yaml, then loads the saved model, runs it
-and the dygraph model on the same input and prints the largest difference (it fails above --atol).
+The command lives in slim/apps/export.py (its usage: `python tools/export.py --help`); installed, it is also
+`slim-export`.
 """
 import os
 import sys

@@ -1,13 +1,7 @@
 """Detect objects in images and draw them: boxes, class names and scores (PaddleDetection's infer.py).
 
-    python tools/infer.py -c configs/det/yolov3_mobilenet_v1_trees_student.yml \
-        --infer_img data/trees/JPEGImages/x.jpg --output_dir output/infer --draw_threshold 0.5 \
-        -o weights=output/det/distill/best_model/model.pdparams
-    python tools/infer.py -c S.yml --infer_dir data/trees/JPEGImages --output_dir output/infer -o weights=P
-
-Each image is written to --output_dir under its own name with the boxes scoring at least
---draw_threshold; every detection (any score) also goes to OUTPUT_DIR/bbox.json. The images go through
-the config's TestReader operators (EvalReader when there is none).
+The command lives in slim/apps/infer.py (its usage: `python tools/infer.py --help`); installed, it is also
+`slim-infer`.
 """
 import os
 import sys

@@ -1,17 +1,7 @@
 """Print every named sublayer of a config's model with its class, output shape(s) and parameters.
 
-    python tools/list_layers.py --config configs/seg/deeplabv3p_resnet18_vd_nuclei_student.yml \
-        --input_shape 1,3,256,256 [--max_depth 2] [-o model.backbone.output_stride=16]
-
-Each printed name can be used in a `distill:` pair or an adaptor's mapping_layers().
-
-With a teacher and --suggest, print a ready `distill:` block instead (the reasoning goes to stderr):
-
-    python tools/list_layers.py -c STUDENT.yml -t TEACHER.yml --suggest > pairs.yml
-
-The block pairs the logits (KLLoss) and, for each output resolution (stride) both models have, the last
-layer of that stage, with connectors where channels or sizes differ. Paste it into the student config or
-inherit it: `_base_: [STUDENT.yml, pairs.yml]`.
+The command lives in slim/apps/list_layers.py (its usage: `python tools/list_layers.py --help`); installed, it is also
+`slim-list-layers`.
 """
 import os
 import sys

@@ -1,11 +1,7 @@
 """Run a trained model on images and write visualisations.
 
-    python tools/predict.py --config configs/seg/deeplabv3p_resnet18_vd_nuclei_student.yml \
-        --model_path output/seg/distill/best_model/model.pdparams --image_path data/nuclei/images \
-        --save_dir output/seg/predict
-
-Segmentation writes pseudo-colour masks (SAVE_DIR/pseudo_color_prediction) and overlays on the image
-(SAVE_DIR/added_prediction). `--image_path` is an image file or a folder of images.
+The command lives in slim/apps/predict.py (its usage: `python tools/predict.py --help`); installed, it is also
+`slim-predict`.
 """
 import os
 import sys

@@ -1,14 +1,7 @@
 """Prepare a dataset from the sample data of an installed pip package (no network needed).
 
-    python tools/prepare_data.py nuclei --out data/nuclei [--train_slices 0-39 --val_slices 45-59]
-    python tools/prepare_data.py nuclei_boxes --out data/nuclei_boxes [--train_slices 0-39 --val_slices 45-59]
-    python tools/prepare_data.py optic_disc_layout --out data/optic_disc_seg [--train_slices 0-39 --val_slices 45-59]
-    python tools/prepare_data.py trees  --out data/trees  [--tile 256 --val_images A,B --keep_classes]
-    python tools/prepare_data.py mnist  --out data/mnist  [--seed 0 --val_fraction 0.2 --per_class N]
-
-Re-running with the same options into a finished folder does nothing ("already prepared"). A non-empty
---out that is not this dataset with these options is refused unless --overwrite is given.
-Exit codes: 0 done, 2 bad usage or data (the message says what to change).
+The command lives in slim/apps/prepare_data.py (its usage: `python tools/prepare_data.py --help`); installed, it is also
+`slim-prepare-data`.
 """
 import os
 import sys

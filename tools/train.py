@@ -1,11 +1,7 @@
 """Train one model alone with the shared trainer (the tutorial's teacher and student-baseline steps).
 
-    python tools/train.py --config configs/seg/deeplabv3p_resnet18_vd_nuclei_teacher.yml \
-        --do_eval --save_interval 100 --seed 0 --save_dir output/teacher
-
-With PaddleDetection's `--slim_config distill.yml` it distils instead: the slim config gives the teacher's
-config (its `_BASE_`), the teacher's weights (`pretrain_weights`) and the method (`slim_method`,
-`distill_loss`); the student's data, readers, optimizer and schedule come from -c.
+The command lives in slim/apps/train.py (its usage: `python tools/train.py --help`); installed, it is also
+`slim-train`.
 """
 import os
 import sys

@@ -1,19 +1,10 @@
 """Distil a teacher into a student: the PaddleSeg tutorial's command, for every task.
 
-    python slim/distill/distill_train.py --teacher_config T.yml --student_config S.yml \
-        --do_eval --use_vdl --save_interval 250 --seed 0 --save_dir output/distill
+    python slim/distill/distill_train.py --teather_config T.yml --student_config S.yml --do_eval --save_dir DIR
     python -m paddle.distributed.launch --nproc_per_node 2 slim/distill/distill_train.py ...
 
-    python slim/distill/distill_train.py --pipeline configs/depth/multistage_flow.yml   # stages
-
-    python slim/distill/distill_train.py -c student.yml --slim_config distill.yml       # PaddleDetection's form
-
-The task (segmentation, detection, classification) is read from the student config. The teacher's
-weights come from its `model.pretrained` (or --teacher_pretrained). Distillation terms come from the
-student config's `distill_loss` (on logits) and `distill:` pairs, and from the adaptors and
-`prepare_distill_config()` in slim/distill/distill_config.py; when there are none, the task may choose a
-default (detection: L2 on the three YOLOv3 head outputs). With `--slim_config` (a task's own distillation
-config, PaddleDetection's), the teacher's config, its weights and the method come from that file instead.
+The command lives in slim/apps/distill.py (all flags: `--help`; `--pipeline`, `--slim_config`); installed, it
+is also `slim-distill`.
 """
 import os
 import runpy
