@@ -6,7 +6,8 @@ Public names (kept stable; README "Use it in your own training loop"):
 
     Distiller(student, teacher, pairs, StudentAdaptor=None, TeacherAdaptor=None)
         .build(*inputs)         one forward that sizes the connectors
-        .parameters()           what the optimizer trains: the student's and the connectors' parameters
+        .parameters()           what the optimizer trains: the student's, the connectors' and those of
+                                losses with trainable parameters (e.g. MGD's generator)
         (*inputs, label=None)   -> DistillOutput: student_out, teacher_out, losses (name -> weighted 0-D
                                    tensor), loss (their sum)
     parse_pairs(spec)           yaml `distill:` list, prepare_distill_config() list, PaddleSlim DistillConfig

@@ -9,6 +9,10 @@
 The teacher is put in eval mode, its parameters get `stop_gradient=True` and it runs under
 `paddle.no_grad()`: it receives no gradient and keeps no activations for backward. The student may be
 wrapped in `paddle.DataParallel`; connectors are then synchronised the same way.
+
+A loss with trainable parameters of its own (e.g. MGD's generator) trains with the student, like a
+connector: its parameters are in `parameters()` / `named_extra_parameters()` (`loss_layers.<pair>.<name>`)
+and its state is saved and restored with the connectors' (`connector_state_dict()`).
 """
 from collections import OrderedDict
 
@@ -122,6 +126,12 @@ class Distiller:
         self.teacher = freeze_teacher(teacher)
         self.pairs = parse_pairs(distill_config)
         self.loss_fns = [build_loss(p.loss) for p in self.pairs]
+        # losses with trainable parameters: trained, saved and synchronised like connectors
+        self.loss_layers = paddle.nn.LayerDict()
+        for index, (pair, loss_fn) in enumerate(zip(self.pairs, self.loss_fns)):
+            if isinstance(loss_fn, paddle.nn.Layer) and any(not p.stop_gradient for p in loss_fn.parameters()):
+                self.loss_layers[connector_key(index)] = loss_fn
+        self._loss_runners = {}
         for pair, loss_fn in zip(self.pairs, self.loss_fns):
             arity = getattr(loss_fn, "pair_arity", 1)
             if len(pair.student) != arity or len(pair.teacher) != arity:
@@ -154,14 +164,33 @@ class Distiller:
             raise ConfigError("Connectors infer their channels from the first batch: call "
                               "distiller.build(example_inputs) before creating the optimizer, or give "
                               "in_channels and out_channels in each `align`.")
-        return list(self.student.parameters()) + list(self.connectors.parameters())
+        return list(self.student.parameters()) + [p for _, p in self.named_extra_parameters()]
+
+    def named_extra_parameters(self):
+        """(name, parameter) of what trains beside the student: connectors (`connectors.*`) and the
+        trainable parameters of losses (`loss_layers.<pair>.*`)."""
+        named = [(f"connectors.{n}", p) for n, p in self.connectors.named_parameters()]
+        named += [(f"loss_layers.{n}", p) for n, p in self.loss_layers.named_parameters() if not p.stop_gradient]
+        return named
 
     def connector_state_dict(self):
-        return self.connectors.state_dict()
+        """The connectors' state and that of losses with trainable parameters (`loss_layers.` keys)."""
+        state = self.connectors.state_dict()
+        state.update((f"loss_layers.{k}", v) for k, v in self.loss_layers.state_dict().items())
+        return state
 
     def set_connector_state_dict(self, state):
         if self._needs_build and state:
             raise ConfigError("Call distiller.build(example_inputs) before loading connector weights.")
+        state = dict(state or {})
+        losses = {k[len("loss_layers."):]: state.pop(k) for k in list(state) if k.startswith("loss_layers.")}
+        own = self.loss_layers.state_dict()
+        if set(losses) != set(own):
+            raise ConfigError(f"The weights of the trainable losses do not match this distill config (missing "
+                              f"{sorted(set(own) - set(losses))}, unexpected {sorted(set(losses) - set(own))}); "
+                              f"the checkpoint was made with other pairs.")
+        if losses:
+            self.loss_layers.set_state_dict(losses)
         missing, unexpected = self.connectors.set_state_dict(state)
         if missing or unexpected:
             raise ConfigError(f"Connector weights do not match this distill config (missing {missing}, "
@@ -170,11 +199,13 @@ class Distiller:
     def train(self):
         self.student.train()
         self.connectors.train()
+        self.loss_layers.train()
         self.teacher.eval()
 
     def eval(self):
         self.student.eval()
         self.connectors.eval()
+        self.loss_layers.eval()
 
     def build(self, *inputs, teacher_inputs=None, **kwargs):
         """Run one forward without gradients or BN updates to create connectors of inferred width."""
@@ -216,7 +247,7 @@ class Distiller:
             if getattr(loss_fn, "pair_arity", 1) == 1:
                 s, t = s[0], t[0]
             extra = {"label": label} if getattr(loss_fn, "uses_label", False) else {}
-            losses[pair.name] = pair.weight * loss_fn(s, t, **extra)
+            losses[pair.name] = pair.weight * self._loss_runners.get(id(loss_fn), loss_fn)(s, t, **extra)
         total = paddle.add_n(list(losses.values())) if losses else paddle.zeros([])
         out = DistillOutput(student_out, teacher_out, losses, total, s_feats, t_feats)
         if _check and self.check_finite and losses and not bool(paddle.isfinite(total)):
@@ -246,6 +277,9 @@ class Distiller:
         """Under several processes, gradients of the connectors are averaged like the student's."""
         if paddle.distributed.get_world_size() > 1 and len(self.connectors.parameters()) > 0:
             self._connector_runner = paddle.DataParallel(self.connectors)
+        if paddle.distributed.get_world_size() > 1:
+            for loss_fn in self.loss_layers.values():
+                self._loss_runners[id(loss_fn)] = paddle.DataParallel(loss_fn)
 
     def _align_spatial(self, pair, loss_fn, students, teachers):
         students, teachers = list(students), list(teachers)

@@ -356,6 +356,7 @@ class Trainer:
                 batch = next(self.stream)
                 self.last_reader_cost = time.perf_counter() - t0
                 self.epoch = self.stream.epoch
+                self.task.set_epoch(self.epoch)
                 self.last_losses = self.run_step(batch)
                 self.iter += 1
                 self.last_batch_cost = time.perf_counter() - t0

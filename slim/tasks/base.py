@@ -151,6 +151,10 @@ class TaskBase:
         """(args, kwargs) to call the model with on a collated batch."""
         raise NotImplementedError
 
+    def set_epoch(self, epoch):
+        """The trainer's epoch (0-based), given before each step, for models whose training forward reads
+        it (e.g. PP-YOLOE's `epoch_id`: its static assigner's epochs)."""
+
     def distill_label(self, batch):
         """The ground truth handed to distillation losses that use it (masking, DKD), or None."""
         return None

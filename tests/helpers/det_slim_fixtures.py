@@ -90,3 +90,81 @@ def slim_yaml(root, name, teacher, weights, **sections):
     body = {"_BASE_": [os.path.relpath(teacher, root)], "pretrain_weights": weights, "slim": "Distill"}
     body.update(copy.deepcopy(sections))
     return write_yaml(os.path.join(root, name), body)
+
+
+# ----- PP-YOLOE (PPYOLOEDistill) -------------------------------------------------------------------------
+PPYOLOE_NECK = [768, 384, 192]  # CustomCSPPAN.out_channels before width_mult (as in ppyoloe_plus_crn.yml)
+
+
+def ppyoloe_reader():
+    return {
+        "sample_transforms": [{"Decode": {}}, {"RandomFlip": {}}],
+        "batch_transforms": [
+            {"BatchRandomResize": {"target_size": [SIZE], "random_size": True, "random_interp": False,
+                                   "keep_ratio": False}},
+            {"NormalizeImage": {"mean": [0., 0., 0.], "std": [1., 1., 1.], "norm_type": "none"}},
+            {"Permute": {}}, {"PadGT": {}}],
+        "batch_size": 2}
+
+
+def ppyoloe_base(data):
+    cfg = base_config(data)
+    cfg.pop("obj_prior_prob")
+    cfg["TrainReader"] = ppyoloe_reader()
+    cfg["EvalReader"]["sample_transforms"][2] = {"NormalizeImage": {"mean": [0., 0., 0.], "std": [1., 1., 1.],
+                                                                   "norm_type": "none"}}
+    cfg["OptimizerBuilder"] = {"optimizer": {"type": "Momentum", "momentum": 0.9},
+                               "regularizer": {"type": "L2", "factor": 0.0005}}
+    return cfg
+
+
+def ppyoloe_model(width, static_epochs=4, architecture="YOLOv3"):
+    """A PP-YOLOE+-shaped detector (ppyoloe_plus_crn.yml at depth 0.33, the given width): CSPResNet,
+    CustomCSPPAN, PPYOLOEHead (ATSS for the first `static_epochs` epochs, then the task-aligned assigner)."""
+    return {
+        "architecture": architecture, "norm_type": "bn", "depth_mult": 0.33, "width_mult": width,
+        architecture: {"backbone": "CSPResNet", "neck": "CustomCSPPAN", "yolo_head": "PPYOLOEHead",
+                       "post_process": None},
+        "CSPResNet": {"layers": [3, 6, 6, 3], "channels": [64, 128, 256, 512, 1024], "return_idx": [1, 2, 3],
+                      "use_large_stem": True, "use_alpha": True},
+        "CustomCSPPAN": {"out_channels": list(PPYOLOE_NECK), "stage_num": 1, "block_num": 3, "act": "swish",
+                         "spp": True},
+        "PPYOLOEHead": {"fpn_strides": [32, 16, 8], "grid_cell_scale": 5.0, "grid_cell_offset": 0.5,
+                        "static_assigner_epoch": static_epochs, "use_varifocal_loss": True,
+                        "loss_weight": {"class": 1.0, "iou": 2.5, "dfl": 0.5},
+                        "static_assigner": {"name": "ATSSAssigner", "topk": 4},  # 4 cells on the 2x2 level
+                        "assigner": {"name": "TaskAlignedAssigner", "topk": 13, "alpha": 1.0, "beta": 6.0},
+                        "nms": {"name": "MultiClassNMS", "nms_top_k": 100, "keep_top_k": 20,
+                                "score_threshold": 0.0, "nms_threshold": 0.7}},
+    }
+
+
+def make_ppyoloe(root, static_epochs=4):
+    """PP-YOLOE+ teacher (width 0.125) and student (0.0625) configs on the tiny tree lists, teacher weights."""
+    from slim.apps import launch
+    data = prepare_trees(root)
+    paths = {"data": data, "root": root}
+    write_yaml(os.path.join(root, "_base_", "ppyoloe_trees.yml"), ppyoloe_base(data))
+    paths["teacher"] = write_yaml(os.path.join(root, "ppyoloe_teacher.yml"),
+                                  dict(ppyoloe_model(0.125, static_epochs, "PPYOLOE"),
+                                       _BASE_=["_base_/ppyoloe_trees.yml"]))
+    paths["student"] = write_yaml(os.path.join(root, "ppyoloe_student.yml"),
+                                  dict(ppyoloe_model(0.0625, static_epochs), _BASE_=["_base_/ppyoloe_trees.yml"]))
+    task, cfg = launch.load_task_config(paths["teacher"])
+    paddle.seed(1)
+    teacher = jitter_ppyoloe_head(task.build_model(cfg), seed=1)
+    paths["teacher_weights"] = os.path.join(root, "ppyoloe_teacher.pdparams")
+    paddle.save(teacher.state_dict(), paths["teacher_weights"])
+    return paths
+
+
+def jitter_ppyoloe_head(model, seed=0, scale=0.05):
+    """PPYOLOEHead starts its class and box predictors at weight 0 (every cell predicts the same): random
+    weights instead, so that the teacher's and the student's outputs differ from cell to cell."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    head = model.yolo_head
+    for conv in list(head.pred_cls) + list(head.pred_reg):
+        conv.weight.set_value(rng.normal(0, scale, conv.weight.shape).astype("float32"))
+        conv.bias.set_value((conv.bias.numpy() + rng.normal(0, 0.5, conv.bias.shape)).astype("float32"))
+    return model

@@ -14,6 +14,9 @@
 - `ATSSAssigner.get_vlr_region` (LD's valuable localization region, Gt2GFLTarget(compute_vlr_region: true))
   returns a tuple instead of the region for an image without boxes, which then cannot be batched: the
   region of such an image is all zeros.
+- PP-YOLOE's label assigners (`TaskAlignedAssigner`, `ATSSAssigner`) add an int64 index to an index made
+  with the dtype of `gt_class` (int32 from the readers), which Paddle 3 refuses (`Type promotion only support
+  calculations between floating-point numbers ...`): they are called with `gt_class` as int64.
 - ppdet's distillation model calls the teacher in eval mode without `im_shape` / `scale_factor`
   (`KeyError: 'im_shape'`); this package calls the teacher's feature path instead (`features.py`).
 """
@@ -40,6 +43,7 @@ def import_ppdet():
         _patch_multiclass_nms()
         _patch_quality_focal_loss()
         _patch_vlr_region()
+        _patch_assigner_label_dtype()
         _PPDET = ppdet
     return _PPDET
 
@@ -104,3 +108,24 @@ def _patch_vlr_region():
 
     get_vlr_region._slim_patched = True
     ATSSAssigner.get_vlr_region = get_vlr_region
+
+
+def _patch_assigner_label_dtype():
+    import paddle
+    from ppdet.modeling.assigners.atss_assigner import ATSSAssigner
+    from ppdet.modeling.assigners.task_aligned_assigner import TaskAlignedAssigner
+    for cls, position in ((ATSSAssigner, 2), (TaskAlignedAssigner, 4)):  # where gt_labels is in forward()
+        original = cls.forward
+        if getattr(original, "_slim_patched", False):
+            continue
+
+        def forward(self, *args, _original=original, _at=position, **kwargs):
+            args = list(args)
+            if len(args) > _at and isinstance(args[_at], paddle.Tensor) and args[_at].dtype != paddle.int64:
+                args[_at] = args[_at].astype("int64")
+            elif isinstance(kwargs.get("gt_labels"), paddle.Tensor):
+                kwargs["gt_labels"] = kwargs["gt_labels"].astype("int64")
+            return _original(self, *args, **kwargs)
+
+        forward._slim_patched = True
+        cls.forward = forward

@@ -182,3 +182,178 @@ class LDLoss(nn.Layer):
             total = term.reshape([]) if total is None else total + term.reshape([])
             start = end
         return total
+
+
+# ----- PPYOLOEDistill (ppdet's DistillPPYOLOELoss) ----------------------------------------------------
+@register_loss()
+class PPDetFeatureLoss(nn.Layer):
+    """One level of DistillPPYOLOELoss's feature term: ppdet's own CWDFeatureLoss, PKDFeatureLoss,
+    MGDFeatureLoss or MimicFeatureLoss, built with the arguments DistillPPYOLOELoss gives it:
+
+        cwd    normalize=True (each map standardised per channel over N, H, W first), tau 1; 1x1 align
+               convolution when the channel counts differ
+        pkd    normalize=True: L = mean((norm(F_s) - norm(F_t))^2) / 2 (Cao et al.; the student is resized
+               to the teacher's H, W); equal channels needed: the pair's `align` connector maps them
+        mgd    loss_func='ssim', normalize=True: L = clip((1 - SSIM_11x11(norm(G(align(F_s))), norm(F_t))) / 2,
+               0, 1), G = conv3x3 -> ReLU -> conv3x3 (ppdet's form: no random mask, SSIM instead of Yang et
+               al.'s masked MSE)
+        mimic  normalize=True: L = mean((norm(align(F_s)) - norm(F_t))^2)
+
+    The align convolutions and MGD's generator train with the student (ppdet builds them but leaves them at
+    their initial values: DistillPPYOLOELoss keeps them in a plain list and PPYOLOEDistillModel hands the
+    optimizer the student's parameters alone).
+    """
+    pair_arity = 1
+    KINDS = {"cwd": "CWDFeatureLoss", "pkd": "PKDFeatureLoss", "mgd": "MGDFeatureLoss", "mimic": "MimicFeatureLoss"}
+
+    def __init__(self, kind="pkd", student_channels=256, teacher_channels=256):
+        super().__init__()
+        if kind not in self.KINDS:
+            raise ValueError(f"kind must be one of {', '.join(self.KINDS)} (fgd is FGDFeatureLoss), got {kind!r}")
+        import_ppdet()
+        from ppdet.slim import distill_loss
+        self.kind = kind
+        s, t = int(student_channels), int(teacher_channels)
+        cls = getattr(distill_loss, self.KINDS[kind])
+        if kind == "pkd":
+            self.loss = cls(student_channels=s, teacher_channels=t, normalize=True, resize_stu=True)
+        elif kind == "mgd":
+            self.loss = cls(student_channels=s, teacher_channels=t, normalize=True, loss_func="ssim")
+        else:
+            self.loss = cls(student_channels=s, teacher_channels=t, normalize=True)
+        # pkd compares equal shapes (a connector aligns the channels); the others align inside
+        self.same_shape = kind == "pkd"
+
+    def forward(self, student, teacher):
+        return self.loss(student, teacher.detach()).reshape([])
+
+
+@register_loss()
+class PPYOLOELogitsLoss(nn.Layer):
+    """DistillPPYOLOELoss's logit term on the PP-YOLOE heads of both models, from their raw per-level maps
+    (sources per side: `yolo_head.pred_cls.i` for each level, then `yolo_head.pred_reg.i`):
+
+        QFL   sum over cells and classes of BCE(p_s, p_t) |p_s - p_t|^2 / pos_num   (p: sigmoid class scores)
+        GIoU  sum over positive cells of w * (1 - GIoU(box_s, box_t)) / sum w
+        DFL   sum over positive cells of w * sum_edges CE(softmax(d_t), d_s) / sum w / 4 (d: edge-bin logits)
+        L     = iou * GIoU + class * QFL + dfl * DFL (+ KD: ppdet's KnowledgeDistillationKLDivLoss on the
+                positive cells' class scores, weight and T of logits_ld_params, when `ld` is on)
+
+    w = the assigned score of each positive cell (summed over classes), pos_num = max(1, sum of assigned
+    scores), boxes in grid units, as ppdet's PPYOLOEHead computes them for distillation.
+
+    Label assignment: ppdet's PPYOLOEDistillModel copies the teacher head's task-aligned assignment into the
+    student's head once the static-assigner epochs are over; before that the teacher's ATSS assignment is not
+    shared and the student's own (ATSS, scored with the student's boxes) is used. The same here, computed from
+    the frozen eval-mode teacher's outputs (`label` carries the batch's gt_class, gt_bbox, pad_gt_mask and the
+    trainer's epoch_id): TaskAlignedAssigner on the teacher's scores and boxes (epoch >= static_epochs), else
+    ATSSAssigner on the student's boxes. The assignment decides which cells are positive, their weights and
+    pos_num. The student's own detection loss keeps its own assignment (see slim_config.py).
+    """
+    uses_label = True
+    same_shape = True
+
+    def __init__(self, num_levels=3, fpn_strides=(32, 16, 8), reg_range=(0, 17), grid_cell_scale=5.0,
+                 grid_cell_offset=0.5, static_epochs=4, static_topk=9, topk=13, alpha=1.0, beta=6.0,
+                 class_weight=1.0, iou_weight=2.5, dfl_weight=0.5, ld=False, ld_weight=20000, ld_T=10):
+        super().__init__()
+        import_ppdet()
+        from ppdet.modeling.assigners.atss_assigner import ATSSAssigner
+        from ppdet.modeling.assigners.task_aligned_assigner import TaskAlignedAssigner
+        from ppdet.modeling.losses.iou_loss import GIoULoss
+        from ppdet.slim.distill_loss import KnowledgeDistillationKLDivLoss
+        self.num_levels = int(num_levels)
+        self.pair_arity = 2 * self.num_levels
+        self.fpn_strides = [int(s) for s in fpn_strides]
+        if len(self.fpn_strides) != self.num_levels:
+            raise ValueError(f"{len(self.fpn_strides)} fpn_strides for {self.num_levels} levels")
+        self.reg_range = (int(reg_range[0]), int(reg_range[1]))
+        self.grid_cell_scale, self.grid_cell_offset = float(grid_cell_scale), float(grid_cell_offset)
+        self.static_epochs = int(static_epochs)
+        self.static_topk = int(static_topk)
+        self.assigner = TaskAlignedAssigner(topk=int(topk), alpha=float(alpha), beta=float(beta))
+        self.giou = GIoULoss()
+        self.weights = {"class": float(class_weight), "iou": float(iou_weight), "dfl": float(dfl_weight)}
+        self.kd = KnowledgeDistillationKLDivLoss(loss_weight=ld_weight, T=ld_T) if ld else None
+        self._atss_cls = ATSSAssigner
+
+    def _decode(self, cls_maps, reg_maps, anchor_points_s):
+        scores = paddle.concat([F.sigmoid(c).flatten(2).transpose([0, 2, 1]) for c in cls_maps], axis=1)
+        dist = paddle.concat([r.flatten(2).transpose([0, 2, 1]) for r in reg_maps], axis=1)
+        n, cells = dist.shape[0], dist.shape[1]
+        bins = self.reg_range[1] - self.reg_range[0]
+        if dist.shape[2] != 4 * bins:
+            raise ShapeMismatchError(f"PPYOLOELogitsLoss: the box maps have {dist.shape[2]} channels, expected "
+                                     f"4 x {bins} (reg_max + 1 bins per edge); check the head's reg_max.")
+        dist = dist.reshape([n, cells, 4, bins])
+        proj = paddle.linspace(self.reg_range[0], self.reg_range[1] - 1, bins).astype(dist.dtype)
+        ltrb = (F.softmax(dist, axis=-1) * proj).sum(-1)
+        from ppdet.modeling.bbox_utils import batch_distance2bbox
+        return scores, dist, batch_distance2bbox(anchor_points_s, ltrb)
+
+    def assign(self, s_boxes, t_scores, t_boxes, anchors, anchor_points, num_anchors_list, stride_tensor, label):
+        """(assigned_labels, assigned_scores) as the student's head would use them this epoch."""
+        num_classes = t_scores.shape[-1]
+        gt_labels = label["gt_class"].astype("int64")
+        gt_bboxes = label["gt_bbox"].astype("float32")
+        pad = label["pad_gt_mask"].astype("float32")
+        epoch = int(label["epoch_id"]) if label.get("epoch_id") is not None else 0
+        if epoch < self.static_epochs:
+            atss = self._atss_cls(topk=self.static_topk, num_classes=num_classes)
+            out = atss(anchors, num_anchors_list, gt_labels, gt_bboxes, pad, bg_index=num_classes,
+                       pred_bboxes=s_boxes.detach() * stride_tensor)
+        else:
+            out = self.assigner(t_scores, t_boxes * stride_tensor, anchor_points, num_anchors_list, gt_labels,
+                                gt_bboxes, pad, bg_index=num_classes)
+        return out[0], out[2]
+
+    def forward(self, student, teacher, label=None):
+        missing = [k for k in ("gt_class", "gt_bbox", "pad_gt_mask") if not isinstance(label, dict) or k not in label]
+        if missing:
+            raise ConfigError(f"PPYOLOELogitsLoss needs {missing} in the training batch: end the student config's "
+                              f"TrainReader.batch_transforms with PadGT (as PP-YOLOE's readers do).")
+        from ppdet.modeling.assigners.utils import generate_anchors_for_grid_cell
+        n = self.num_levels
+        s_cls, s_reg = student[:n], student[n:]
+        t_cls, t_reg = [t.detach() for t in teacher[:n]], [t.detach() for t in teacher[n:]]
+        anchors, anchor_points, num_anchors_list, stride_tensor = generate_anchors_for_grid_cell(
+            s_cls, self.fpn_strides, self.grid_cell_scale, self.grid_cell_offset)
+        anchor_points_s = anchor_points / stride_tensor
+        s_scores, s_dist, s_boxes = self._decode(s_cls, s_reg, anchor_points_s)
+        t_scores, t_dist, t_boxes = self._decode(t_cls, t_reg, anchor_points_s)
+        num_classes = s_scores.shape[-1]
+        if label["gt_bbox"].shape[1] == 0:  # no box in the whole batch: no positive cell
+            assigned_labels = paddle.full(s_scores.shape[:2], num_classes, dtype="int64")
+            assigned_scores = paddle.zeros_like(s_scores)
+        else:
+            assigned_labels, assigned_scores = self.assign(s_boxes, t_scores, t_boxes, anchors, anchor_points,
+                                                           num_anchors_list, stride_tensor, label)
+        pos_num = assigned_scores.sum()
+        if paddle.distributed.get_world_size() > 1:
+            paddle.distributed.all_reduce(pos_num)
+            pos_num = pos_num / paddle.distributed.get_world_size()
+        pos_num = paddle.clip(pos_num, min=1.0)
+        # QFL on the class scores (ppdet: quality_focal_loss(use_sigmoid=False, num_total_pos=pos_num))
+        p_s, p_t = s_scores.reshape([-1, num_classes]), t_scores.reshape([-1, num_classes])
+        qfl = (F.binary_cross_entropy(p_s, p_t, reduction="none") * (p_s - p_t).abs().pow(2.0)).sum(1)
+        qfl = qfl.sum() / pos_num
+        mask = assigned_labels != num_classes
+        num_pos = int(mask.astype("int32").sum())
+        if num_pos > 0:
+            idx = paddle.nonzero(mask.flatten()).flatten()
+            weight = paddle.gather(assigned_scores.sum(-1).flatten(), idx).unsqueeze(-1)
+            box_s = paddle.gather(s_boxes.reshape([-1, 4]), idx)
+            box_t = paddle.gather(t_boxes.reshape([-1, 4]), idx)
+            giou = paddle.sum(self.giou(box_s, box_t) * weight) / weight.sum()
+            bins = s_dist.shape[-1]
+            d_s = paddle.gather(s_dist.reshape([-1, 4 * bins]), idx).reshape([-1, bins])
+            d_t = paddle.gather(t_dist.reshape([-1, 4 * bins]), idx).reshape([-1, bins])
+            dfl = F.cross_entropy(d_s, F.softmax(d_t, axis=-1), soft_label=True, reduction="none").sum(1)
+            dfl = (dfl * weight.expand([-1, 4]).reshape([-1])).sum(-1) / weight.sum() / 4.0
+        else:
+            giou = dfl = paddle.zeros([])
+        loss = giou * self.weights["iou"] + qfl * self.weights["class"] + dfl * self.weights["dfl"]
+        if self.kd is not None and num_pos > 0:
+            idx = paddle.nonzero(mask.flatten()).flatten()
+            loss = loss + self.kd(paddle.gather(p_s, idx), paddle.gather(p_t, idx), avg_factor=num_pos).reshape([])
+        return loss.reshape([])

@@ -18,6 +18,11 @@ this package's distillation pairs:
                       batch's ground-truth boxes
     LD                Localization Distillation of GFL: ppdet's LDGFLHead terms loss_ld, loss_ld_vlr, loss_kd
                       (their settings from the student's LDGFLHead section, which trains as a GFLHead)
+    PPYOLOEDistill    DistillPPYOLOELoss of two PP-YOLOE(+) detectors (architecture PPYOLOE, or YOLOv3 with a
+                      PPYOLOEHead): `logits_loss` (PPYOLOELogitsLoss: QFL, GIoU, DFL [+ KD] between the heads'
+                      outputs) and `feat_loss_i` per level of feat_distill_place (neck or backbone outputs;
+                      FGDFeatureLoss or ppdet's CWD / PKD / MGD / mimic loss); every term and the student's
+                      detection loss scaled by ppdet's alpha 0.125 (see ppyoloe_pairs)
 """
 import copy
 import math
@@ -25,7 +30,7 @@ import math
 from slim.distill.config import parse_yaml_with_bases
 from slim.distill.errors import ConfigError
 
-SUPPORTED = ("no slim_method (YOLOv3, distill_loss: DistillYOLOv3Loss)", "CWD", "FGD", "LD")
+SUPPORTED = ("no slim_method (YOLOv3, distill_loss: DistillYOLOv3Loss)", "CWD", "FGD", "LD", "PPYOLOEDistill")
 METHOD_KEYS = ("slim", "slim_method", "distill_loss", "distill_loss_name", "pretrain_weights")
 CWD_LOSSES = ("ChannelWiseDivergence", "CWDFeatureLoss")
 # keys of the slim config (and the teacher config it inherits) that only the student's config provides here
@@ -231,6 +236,142 @@ def ld_pairs(raw, path, student_cfg, teacher_cfg, notes):
     return pairs, student_cfg
 
 
+# ----- PPYOLOEDistill ---------------------------------------------------------------------------------
+PPYOLOE_ALPHA = 0.125  # PPYOLOEDistillModel.forward(inputs, alpha=0.125)
+PPYOLOE_DEFAULTS = {
+    "loss_weight": {"logits": 4.0, "feat": 1.0}, "logits_distill": True,
+    "logits_loss_weight": {"class": 1.0, "iou": 2.5, "dfl": 0.5}, "logits_ld_distill": False,
+    "logits_ld_params": {"weight": 20000, "T": 10}, "feat_distill": True, "feat_distiller": "fgd",
+    "feat_distill_place": "neck_feats", "teacher_width_mult": 1.0, "student_width_mult": 0.75,
+    "feat_out_channels": [768, 384, 192],
+}
+# DistillPPYOLOELoss's FGD settings (its FGDFeatureLoss arguments)
+PPYOLOE_FGD = {"normalize": True, "alpha_fgd": 0.00001, "beta_fgd": 0.000005, "gamma_fgd": 0.00001,
+               "lambda_fgd": 0.00000005}
+
+
+def _named_section(cfg, value, default_name):
+    """A head's injected section (`assigner: {name: X, ...}` or `assigner: X` naming a top-level section)."""
+    if isinstance(value, dict):
+        return value.get("name") or value.get("type") or default_name, value
+    name = value if isinstance(value, str) else default_name
+    return name, dict(cfg.get(name) or {})
+
+
+def _ppyoloe_head(cfg, who, path):
+    name, head = _head(cfg, "yolo_head")
+    if name != "PPYOLOEHead":
+        raise ConfigError(f"{path}: slim_method PPYOLOEDistill distils PP-YOLOE detectors, but the {who}'s "
+                          f"{cfg.get('architecture')} has yolo_head {name!r}; it needs PPYOLOEHead (architecture "
+                          f"PPYOLOE, or YOLOv3 with yolo_head: PPYOLOEHead as in ppyoloe_plus_crn.yml).")
+    return head
+
+
+def ppyoloe_pairs(raw, path, student_cfg, teacher_cfg, notes):
+    """DistillPPYOLOELoss as pairs: `logits_loss` on the heads' per-level class and box maps, `feat_loss_i`
+    on each level of feat_distill_place; each weighted by ppdet's alpha x its loss_weight, and the student's
+    detection loss x alpha (PPYOLOEDistillModel: loss = alpha * (det + logits + feat)); the total is ppdet's.
+
+    Label assignment: the logit terms use the teacher's task-aligned assignment after the static-assigner
+    epochs (the student's own ATSS before), as ppdet's do; PPYOLOELogitsLoss computes it from the frozen
+    eval-mode teacher's outputs and the batch's boxes. ppdet also hands that assignment to the student's
+    detection loss; here the student's detection loss keeps its own assignment, because the student's forward
+    (which computes its detection loss) runs before the teacher's in the distiller. Two other differences:
+    the teacher runs in eval mode (ppdet's trainer leaves it in train mode: batch-statistics BatchNorm, whose
+    running averages it keeps updating), and the align convolutions and MGD's generator train with the
+    student (ppdet's optimizer never gets them)."""
+    loss = raw.get("distill_loss")
+    if loss != "DistillPPYOLOELoss":
+        raise ConfigError(f"{path}: slim_method PPYOLOEDistill needs `distill_loss: DistillPPYOLOELoss` "
+                          f"(got {loss!r}).")
+    sec = _section(raw, loss, path)
+    unknown = sorted(set(sec) - set(PPYOLOE_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"{path}: DistillPPYOLOELoss has no argument(s) {unknown}; it takes "
+                          f"{', '.join(PPYOLOE_DEFAULTS)}.")
+    opts = copy.deepcopy(PPYOLOE_DEFAULTS)
+    opts.update(copy.deepcopy(sec))
+    weights = dict(PPYOLOE_DEFAULTS["loss_weight"], **(opts["loss_weight"] or {}))
+    head = _ppyoloe_head(student_cfg, "student", path)
+    t_head = _ppyoloe_head(teacher_cfg, "teacher", path)
+    strides = [int(v) for v in head.get("fpn_strides") or (32, 16, 8)]
+    reg = lambda h: tuple(h["reg_range"]) if h.get("reg_range") else (0, int(h.get("reg_max", 16)) + 1)
+    if strides != [int(v) for v in t_head.get("fpn_strides") or (32, 16, 8)] or reg(head) != reg(t_head):
+        raise ConfigError(f"{path}: PPYOLOEDistill compares the two heads cell by cell and bin by bin: the "
+                          f"student's PPYOLOEHead fpn_strides {strides} / reg_max {reg(head)[1] - 1} must equal "
+                          f"the teacher's {t_head.get('fpn_strides') or [32, 16, 8]} / {reg(t_head)[1] - 1}.")
+    if head.get("reg_range"):
+        raise ConfigError(f"{path}: PPYOLOEDistill with a PPYOLOEHead reg_range (PP-YOLOE-SOD) is not "
+                          f"supported; ppdet's PP-YOLOE distillation is for the plain head.")
+    pairs = []
+    alpha = PPYOLOE_ALPHA
+    if opts["logits_distill"] and float(weights["logits"]) > 0:
+        lw = dict(PPYOLOE_DEFAULTS["logits_loss_weight"], **(opts["logits_loss_weight"] or {}))
+        ld = dict(PPYOLOE_DEFAULTS["logits_ld_params"], **(opts["logits_ld_params"] or {}))
+        _, static = _named_section(student_cfg, head.get("static_assigner", "ATSSAssigner"), "ATSSAssigner")
+        _, tal = _named_section(student_cfg, head.get("assigner", "TaskAlignedAssigner"), "TaskAlignedAssigner")
+        refs = ([f"yolo_head.pred_cls.{i}" for i in range(len(strides))]
+                + [f"yolo_head.pred_reg.{i}" for i in range(len(strides))])
+        pairs.append({"name": "logits_loss", "student": refs, "teacher": refs, "weight": alpha * float(weights["logits"]),
+                      "loss": {"type": "PPYOLOELogitsLoss", "num_levels": len(strides), "fpn_strides": strides,
+                               "reg_range": list(reg(head)),
+                               "grid_cell_scale": float(head.get("grid_cell_scale", 5.0)),
+                               "grid_cell_offset": float(head.get("grid_cell_offset", 0.5)),
+                               "static_epochs": int(head.get("static_assigner_epoch", 4)),
+                               "static_topk": int(static.get("topk", 9)), "topk": int(tal.get("topk", 13)),
+                               "alpha": float(tal.get("alpha", 1.0)), "beta": float(tal.get("beta", 6.0)),
+                               "class_weight": float(lw["class"]), "iou_weight": float(lw["iou"]),
+                               "dfl_weight": float(lw["dfl"]), "ld": bool(opts["logits_ld_distill"]),
+                               "ld_weight": float(ld["weight"]), "ld_T": float(ld["T"])}})
+        notes.append(f"PPYOLOEDistill logits_loss: QFL x{lw['class']:g}, GIoU x{lw['iou']:g}, DFL x{lw['dfl']:g}"
+                     + (f", KD (weight {ld['weight']:g}, T {ld['T']:g})" if opts["logits_ld_distill"] else "")
+                     + f" between the heads, with the teacher's task-aligned assignment after "
+                       f"{int(head.get('static_assigner_epoch', 4))} static-assigner epoch(s); weight "
+                       f"{alpha:g} x {float(weights['logits']):g}")
+    if opts["feat_distill"] and float(weights["feat"]) > 0:
+        kind = str(opts["feat_distiller"])
+        place = str(opts["feat_distill_place"])
+        if kind not in ("cwd", "fgd", "pkd", "mgd", "mimic"):
+            raise ConfigError(f"{path}: DistillPPYOLOELoss.feat_distiller must be one of cwd, fgd, pkd, mgd, mimic "
+                              f"(got {kind!r}).")
+        if place not in ("neck_feats", "backbone_feats"):
+            raise ConfigError(f"{path}: DistillPPYOLOELoss.feat_distill_place must be neck_feats or backbone_feats "
+                              f"(got {place!r}).")
+        if kind == "fgd" and not _keeps_boxes(student_cfg):
+            raise ConfigError("FGD needs the ground-truth boxes in the training batch; the student's TrainReader "
+                              "drops them (Gt2GFLTarget).")
+        out = opts["feat_out_channels"]
+        if not isinstance(out, (list, tuple)) or not out:
+            raise ConfigError(f"{path}: DistillPPYOLOELoss.feat_out_channels must list each level's channels "
+                              f"before width_mult (e.g. [768, 384, 192]), got {out!r}.")
+        t_ch = [int(c * float(opts["teacher_width_mult"])) for c in out]
+        s_ch = [int(c * float(opts["student_width_mult"])) for c in out]
+        layer = "neck" if place == "neck_feats" else "backbone"
+        for i, (sc, tc) in enumerate(zip(s_ch, t_ch)):
+            ref = {"layer": layer, "idx": i}
+            pair = {"name": f"feat_loss_{i}", "student": ref, "teacher": ref, "weight": alpha * float(weights["feat"])}
+            if kind == "fgd":
+                pair["loss"] = dict(PPYOLOE_FGD, type="FGDFeatureLoss", channels=tc)
+                pair["align"] = {"type": "1x1conv", "in_channels": sc, "out_channels": tc} if sc != tc else None
+            else:
+                pair["loss"] = {"type": "PPDetFeatureLoss", "kind": kind, "student_channels": sc,
+                                "teacher_channels": tc}
+                if kind == "pkd" and sc != tc:
+                    pair["align"] = {"type": "1x1conv", "in_channels": sc, "out_channels": tc}
+            pairs.append(pair)
+        notes.append(f"PPYOLOEDistill feat_loss_0..{len(out) - 1}: {kind} on the {layer} outputs (student channels "
+                     f"{s_ch}, teacher {t_ch}); weight {alpha:g} x {float(weights['feat']):g} each")
+    if not pairs:
+        raise ConfigError(f"{path}: DistillPPYOLOELoss with neither logits_distill nor feat_distill (or both "
+                          f"loss weights 0) distils nothing.")
+    student_cfg = copy.deepcopy(student_cfg)
+    from .task import DET_LOSS_SCALE_KEY
+    student_cfg[DET_LOSS_SCALE_KEY] = alpha
+    notes.append(f"PPYOLOEDistill: the student's detection loss x{alpha:g}, as ppdet's PPYOLOEDistillModel "
+                 f"scales the whole loss (alpha {alpha:g})")
+    return pairs, student_cfg
+
+
 # ----- loading ----------------------------------------------------------------------------------------
 def load(path, student_cfg):
     """A PaddleDetection slim config -> SlimConfig (teacher config, teacher weights, pairs, student config)."""
@@ -257,11 +398,7 @@ def load(path, student_cfg):
     elif method == "LD":
         pairs, student = ld_pairs(raw, path, student_cfg, teacher, notes)
     elif method == "PPYOLOEDistill":
-        raise ConfigError(
-            f"{path}: slim_method PPYOLOEDistill is not supported yet (it needs the PP-YOLOE teacher's label "
-            f"assignment during training); supported slim_methods: {', '.join(SUPPORTED)}. PP-YOLOE feature "
-            f"distillation can be written as `distill:` pairs on the neck outputs ({{layer: neck, idx: i}}) "
-            f"with FGDFeatureLoss, SegChannelwiseLoss or L2Loss.")
+        pairs, student = ppyoloe_pairs(raw, path, student_cfg, teacher, notes)
     else:
         raise ConfigError(f"{path}: slim_method {method!r} is not known; supported: {', '.join(SUPPORTED)}.")
     unused = [k for k in TRAINING_KEYS if k in teacher]

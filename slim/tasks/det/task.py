@@ -26,6 +26,8 @@ from .metrics import COCOEvaluator, VOCEvaluator
 from .workspace import PPDET_KEYS, build_architecture, registered_names
 
 MODEL_INPUT_KEYS = ("image", "im_shape", "scale_factor")
+#: set by a slim config (PPYOLOEDistill: ppdet's alpha 0.125) in the student config it returns
+DET_LOSS_SCALE_KEY = "det_loss_scale"
 
 
 def matches(cfg):
@@ -34,10 +36,12 @@ def matches(cfg):
 
 
 class DetLoss:
-    """ppdet's loss dict -> the named terms (their sum is ppdet's `loss`)."""
+    """ppdet's loss dict -> the named terms (their sum is ppdet's `loss`), each times `scale` (PPYOLOEDistill
+    scales the detection loss with the distillation terms, as ppdet's PPYOLOEDistillModel does)."""
 
-    def __init__(self):
+    def __init__(self, scale=1.0):
         self.use_terms = None
+        self.scale = float(scale)
 
     def __call__(self, output, batch):
         if not isinstance(output, dict) or "loss" not in output:
@@ -50,8 +54,12 @@ class DetLoss:
             parts = sum(float(v) for v in terms.values()) if terms else None
             self.use_terms = parts is not None and abs(parts - total) <= 1e-4 * max(1.0, abs(total))
         if self.use_terms:
-            return OrderedDict((k, v.reshape([])) for k, v in terms.items())
-        return OrderedDict(det_loss=output["loss"].reshape([]))
+            out = OrderedDict((k, v.reshape([])) for k, v in terms.items())
+        else:
+            out = OrderedDict(det_loss=output["loss"].reshape([]))
+        if self.scale != 1.0:
+            out = OrderedDict((k, v * self.scale) for k, v in out.items())
+        return out
 
 
 def init_objectness_prior(model, prob):
@@ -124,6 +132,7 @@ class Task(TaskBase):
     def __init__(self):
         self._collate = {}
         self._notes = set()
+        self._epoch = 0
 
     @property
     def config_keys(self):
@@ -322,14 +331,22 @@ class Task(TaskBase):
             raise ConfigError(f"build_dataset(cfg, {mode!r}) must run before collate_fn({mode!r}).")
         return self._collate[mode]
 
+    def set_epoch(self, epoch):
+        self._epoch = int(epoch)
+
     def model_inputs(self, batch, mode="train"):
+        """The batch's tensors; in training also `epoch_id` (the trainer's epoch), as ppdet's trainer feeds
+        it (PP-YOLOE's head picks its static or task-aligned assigner by it)."""
         inputs = {k: v for k, v in batch.items() if isinstance(v, paddle.Tensor)}
+        if mode == "train":
+            inputs["epoch_id"] = self._epoch
         return (inputs,), {}
 
     def distill_label(self, batch):
         """The training batch's targets for the losses that use them (FGD's boxes, LD's GFL targets): every
         tensor of the batch, with `gt_bbox` as pixel x1, y1, x2, y2 of the network input whatever the reader
-        made of it (YOLOv3 readers normalise and centre it); all-zero rows stay padding."""
+        made of it (YOLOv3 readers normalise and centre it); all-zero rows stay padding; `epoch_id` (0-D int64,
+        the trainer's epoch) for PP-YOLOE's logit terms, whose assignment depends on it."""
         targets = {k: v for k, v in batch.items() if isinstance(v, paddle.Tensor)}
         box = targets.get("gt_bbox")
         normalized, xywh = getattr(self, "_train_boxes", (False, False))
@@ -345,13 +362,14 @@ class Task(TaskBase):
         if "im_shape" not in targets and "image" in targets:
             n, _, h, w = targets["image"].shape
             targets["im_shape"] = paddle.to_tensor([[h, w]] * n, dtype="float32")
+        targets["epoch_id"] = paddle.to_tensor(self._epoch, dtype="int64")  # PP-YOLOE's assigner epochs
         return targets
 
     def batch_size_of(self, batch):
         return int(batch["image"].shape[0])
 
     def build_task_loss(self, cfg):
-        return DetLoss()
+        return DetLoss(cfg.get(DET_LOSS_SCALE_KEY) or 1.0)
 
     # ----- evaluation -------------------------------------------------------------------------------
     def make_evaluator(self, cfg, dataset):

@@ -21,6 +21,9 @@ PPDET_KEYS = (
     "slim_method", "distill_loss", "amp", "fp16", "use_amp", "amp_level", "sync_bn", "data_format",
     "save_prediction_only", "classwise", "voc_eval_iou_thresh", "use_warmup", "ema_black_list", "cycle_epoch",
     "reference_gpus", "obj_prior_prob",
+    # shared settings of PP-YOLOE(+) configs (ppyoloe_plus_crn.yml, the PPYOLOEDistill slim configs)
+    "depth_mult", "width_mult", "for_distill", "custom_black_list", "trt", "eval_size", "exclude_nms",
+    "exclude_post_process", "use_shared_conv",
 )
 
 
