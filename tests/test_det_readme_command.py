@@ -79,3 +79,29 @@ def test_the_ppdet_readme_command_downloads_once_loads_caches_and_evaluates(read
                        env=env, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "mAP" in done.stdout + done.stderr
+
+
+def test_the_slim_config_command_under_distributed_launch(readme_pair, tmp_path):
+    """`python -m paddle.distributed.launch --nproc_per_node 2 tools/train.py -c S --slim_config D`."""
+    import subprocess
+    import sys
+
+    from tests.helpers.cli import ROOT, SCRIPTS
+    p = readme_pair
+    task, t_cfg = launch.load_task_config(p["teacher"])
+    weights = save_pdparams(task.build_model(t_cfg).state_dict(), str(tmp_path / "teacher.pdparams"))
+    student = write_yaml(os.path.join(p["root"], "yolov3_student_local.yml"), p["student"])
+    slim_config = write_yaml(os.path.join(p["root"], "yolov3_distill_local.yml"), {
+        "_BASE_": ["yolov3_teacher.yml"], "pretrain_weights": weights, "slim": "Distill",
+        "distill_loss": "DistillYOLOv3Loss", "DistillYOLOv3Loss": {"weight": 1000}})
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir",
+           str(tmp_path / "log"), os.path.join(ROOT, SCRIPTS["train"]), "-c", student, "--slim_config", slim_config,
+           "--iters", "2", "--save_interval", "2", "--log_iters", "1", "--save_dir", str(out)]
+    done = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=300)
+    logs = "".join(f.read_text() for f in (tmp_path / "log").glob("workerlog.*"))
+    assert done.returncode == 0, done.stderr[-2000:] + logs[-4000:]
+    log = (out / "record.txt").read_text()
+    assert "x 2 process(es)" in log and "distill_yolov3_2: " in log
+    assert len(paddle.load(str(out / "iter_2" / "model.pdparams"))) == p["n_student"]
