@@ -5,6 +5,7 @@ Only `model` (and its `pretrained` weights) is read from the teacher config; dat
 schedule come from the student config, as in PaddleSeg's distillation tutorial.
 """
 import argparse
+import math
 import os
 import sys
 
@@ -13,30 +14,70 @@ from slim.distill.distiller import freeze_teacher
 from slim.distill.errors import ConfigError, SlimError
 from slim.tasks import get_task
 from slim.engine import env
+from slim.engine.checkpoint import check_resumable, check_save_dir_usable
 from slim.engine.trainer import TrainOptions, Trainer
+
+
+def positive_int(text):
+    """argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (a whole number >= 1), got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (a whole number >= 1), got {text}")
+    return value
+
+
+def non_negative_int(text):
+    """argparse type: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0 (0: no extra processes), got {text}")
+    return value
+
+
+def non_negative_float(text):
+    """argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number (e.g. 0.01), got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0 (e.g. 0.01), got {text}")
+    return value
 
 
 def add_common_flags(parser):
     p = parser
-    p.add_argument("--iters", type=int, default=None, help="training iterations (overrides `iters`)")
-    p.add_argument("--epochs", type=int, default=None, help="train by epochs instead (overrides `epochs`)")
-    p.add_argument("--batch_size", type=int, default=None, help="batch size per process")
-    p.add_argument("--learning_rate", type=float, default=None, help="base learning rate")
-    p.add_argument("--save_interval", type=int, default=1000, help="checkpoint every N iterations")
+    p.add_argument("--iters", type=positive_int, default=None, help="training iterations (overrides `iters`)")
+    p.add_argument("--epochs", type=positive_int, default=None,
+                   help="train by epochs instead (overrides `epochs`)")
+    p.add_argument("--batch_size", type=positive_int, default=None, help="batch size per process")
+    p.add_argument("--learning_rate", type=non_negative_float, default=None, help="base learning rate")
+    p.add_argument("--save_interval", type=positive_int, default=1000, help="checkpoint every N iterations")
     p.add_argument("--resume_model", "-r", default=None, help="checkpoint folder to resume (e.g. output/iter_500), or "
                    "`auto`: the newest complete one in --save_dir (a fresh start when there is none)")
     p.add_argument("--save_dir", default=None,
                    help="output folder (default: output/<models>/<settings>, named from the run)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run in a --save_dir that holds another run: its checkpoints and logs are "
+                        "moved into SAVE_DIR/previous_run_<N>/ first (nothing is deleted)")
     p.add_argument("--keep_checkpoint_max", type=int, default=5)
-    p.add_argument("--num_workers", type=int, default=0, help="data loading worker processes")
+    p.add_argument("--num_workers", type=non_negative_int, default=0, help="data loading worker processes")
     p.add_argument("--do_eval", action="store_true", help="evaluate every save_interval and keep best_model/")
-    p.add_argument("--eval_interval", type=int, default=None, help="evaluate every N iterations "
+    p.add_argument("--eval_interval", type=positive_int, default=None, help="evaluate every N iterations "
                    "(default: save_interval)")
-    p.add_argument("--log_iters", type=int, default=10)
+    p.add_argument("--log_iters", type=positive_int, default=10)
     p.add_argument("--use_vdl", action="store_true", help="write VisualDL scalars to SAVE_DIR/vdl")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=non_negative_int, default=None)
     p.add_argument("--device", default=None, help="cpu, gpu or gpu:N (default: GPU when available)")
     p.add_argument("--init_weights", default=None, help="start the student from these weights")
+    p.add_argument("--analyse", "--analyze", action="store_true", help="log the memory of a training step "
+                   "(student, teacher, distillation), measured once at the start (costs about three steps)")
     p.add_argument("-o", "--opts", nargs="+", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. -o batch_size=4 model.backbone.output_stride=16")
     return p
@@ -102,7 +143,8 @@ def options_from_args(args, save_dir):
     return TrainOptions(save_dir=save_dir, log_iters=args.log_iters, save_interval=args.save_interval,
                         keep_checkpoint_max=args.keep_checkpoint_max, do_eval=args.do_eval,
                         eval_interval=args.eval_interval, use_vdl=args.use_vdl, num_workers=args.num_workers,
-                        seed=args.seed, resume_model=args.resume_model)
+                        seed=args.seed, resume_model=args.resume_model,
+                        overwrite=getattr(args, "overwrite", False), analyse=getattr(args, "analyse", False))
 
 
 def _fmt_number(value):
@@ -153,7 +195,13 @@ def make_parser(description):
 
 
 def train(task, cfg, student, teacher=None, pairs=(), adaptors=(None, None), options=None, notes=(), hooks=()):
-    """Run the shared trainer; `hooks` are extra `slim.engine.hooks.Hook`s (e.g. a layer-removal schedule)."""
+    """Run the shared trainer; `hooks` are extra `slim.engine.hooks.Hook`s (e.g. a layer-removal schedule).
+
+    Before anything is written: --save_dir must be a folder that can be written, and a checkpoint to
+    resume must be complete and of this student (a wrong one fails here, leaving --save_dir untouched)."""
+    if options is not None:
+        check_save_dir_usable(options.save_dir)
+        check_resumable(options.resume_model, student, options.save_dir)
     return Trainer(task, cfg, student, teacher=teacher, pairs=pairs, adaptors=adaptors, options=options,
                    hooks=hooks, notes=notes).train()
 

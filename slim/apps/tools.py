@@ -27,7 +27,7 @@ def load_model_for_inference(args, log=print):
     model = task.build_model(cfg)
     with task.logging_to(log):
         local = task.local_weights(path, key)
-        task.load_weights(model, local, "weights", key=key)
+        task.load_weights(model, local, "weights" if key == "weights" else f"weights ({key})", key=key)
     args.local_weights = local
     model.eval()
     return task, cfg, model

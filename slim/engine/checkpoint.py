@@ -130,7 +130,9 @@ def load_state(path, what="weights"):
     try:
         return paddle.load(path)
     except Exception as e:  # a truncated or foreign file
-        raise ConfigError(f"Could not read {what} from {path}: {e}") from None
+        raise ConfigError(f"Could not read {what} from {path}: the file is truncated (an interrupted copy or "
+                          f"download) or is not a Paddle weights file ({type(e).__name__}: {e}). Give a complete "
+                          f".pdparams file, e.g. copy or download it again.") from None
 
 
 def read_model_state(path, what="weights"):
@@ -150,33 +152,48 @@ def load_model_weights(model, path, what="weights", strict=True, log=None):
     """Load a state dict into `model`; missing/unexpected keys or shape mismatches are a clear error."""
     state = read_model_state(path, what)
     where = f"{what} {resolve_weights_path(path)}"
-    apply_state(model, state, where, strict)
+    note = (" A teacher must load every parameter: one left at its random start would teach noise."
+            if "teacher" in what.lower() else "")
+    apply_state(model, state, where, strict, note=note)
     if log is not None:
         own = model.state_dict()
         log(f"{where}: loaded {sum(1 for k in own if k in state)}/{len(own)} tensors into {type(model).__name__}")
     return path
 
 
-def apply_state(model, state, what="weights", strict=True):
-    """set_state_dict, but missing/unexpected keys or shape mismatches are a clear error, not a warning."""
+def state_mismatch(model, state):
+    """(tensors of `model` that `state` fits by name and shape, missing, unexpected, wrong shape) as lists."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     wrong = [f"{k}: file {list(state[k].shape)} vs model {list(own[k].shape)}" for k in own
              if k in state and hasattr(state[k], "shape") and list(state[k].shape) != list(own[k].shape)]
+    fit = len(own) - len(missing) - len(wrong)
+    return fit, missing, unexpected, wrong
+
+
+def describe_mismatch(model, state, what, missing, unexpected, wrong, fit):
+    def few(items):
+        return ", ".join(items[:5]) + (f" (+{len(items) - 5} more)" if len(items) > 5 else "")
+    details = []
+    if wrong:
+        details.append(f"shape mismatch ({len(wrong)}): {few(wrong)}")
+    if missing:
+        details.append(f"missing in the file ({len(missing)}): {few(missing)}")
+    if unexpected:
+        details.append(f"in the file but not in the model ({len(unexpected)}): {few(unexpected)}")
+    total = len(model.state_dict())
+    return (f"{what} do not fit {type(model).__name__}: only {fit}/{total} of its tensors would load; "
+            + "; ".join(details) + ".")
+
+
+def apply_state(model, state, what="weights", strict=True, note=""):
+    """set_state_dict, but missing/unexpected keys or shape mismatches are a clear error, not a warning."""
+    own = model.state_dict()
+    fit, missing, unexpected, wrong = state_mismatch(model, state)
     if wrong or (strict and (missing or unexpected)):
-        def few(items):
-            return ", ".join(items[:5]) + (f" (+{len(items) - 5} more)" if len(items) > 5 else "")
-        details = []
-        if wrong:
-            details.append(f"shape mismatch: {few(wrong)}")
-        if missing:
-            details.append(f"missing in the file: {few(missing)}")
-        if unexpected:
-            details.append(f"not in the model: {few(unexpected)}")
-        raise ConfigError(f"{what} do not fit {type(model).__name__}: "
-                          + "; ".join(details) + ". Check that the config builds the model the weights "
-                          "were trained with.")
+        raise ConfigError(describe_mismatch(model, state, what, missing, unexpected, wrong, fit)
+                          + " Check that the config builds the model the weights were trained with." + note)
     model.set_state_dict({k: v for k, v in state.items() if k in own})
 
 
@@ -204,17 +221,138 @@ def _read_resumable(path):
     return out, None
 
 
+def _not_a_checkpoint_folder(path):
+    if os.path.exists(path):
+        return ConfigError(f"--resume_model {path!r} is a file, not a checkpoint folder: give the folder that "
+                           f"holds it (e.g. output/iter_1000, holding {MODEL_FILE} and {STATE_FILE}), or `auto` "
+                           f"for the newest complete one in --save_dir. To start a new run from weights alone, "
+                           f"use --init_weights.")
+    return ConfigError(f"--resume_model {path!r} does not exist (expected a checkpoint folder such as "
+                       f"output/iter_1000 holding {MODEL_FILE} and {STATE_FILE}, or `auto` for the newest "
+                       f"complete one in --save_dir).")
+
+
 def read_checkpoint(path):
     """Everything in a checkpoint folder (for resuming): dict with model, connectors, optimizer, state, ema."""
     if not os.path.isdir(path):
-        raise ConfigError(f"--resume_model {path!r} is not a checkpoint folder (expected e.g. "
-                          f"output/iter_1000 holding {MODEL_FILE} and {STATE_FILE}, or `auto` for the newest "
-                          f"complete one in --save_dir).")
+        raise _not_a_checkpoint_folder(path)
     out, problem = _read_resumable(path)
     if problem:
         raise ConfigError(f"Checkpoint {path} cannot be resumed: {problem}. Resume from another iter_N folder, "
                           f"or pass --resume_model auto to take the newest complete one in --save_dir.")
     return out
+
+
+def check_resumable(resume_model, model, save_dir=None):
+    """Before a run writes anything: the checkpoint to resume is complete and holds `model`'s weights (by
+    name and shape), else a ConfigError that says what is wrong, so that --save_dir stays as it was.
+
+    An explicit folder is checked fully (its files, the training state, the weights). With `auto`, the
+    newest iter_N of save_dir that has its files and reads back is checked against the model (the trainer
+    skips incomplete ones itself, saying why)."""
+    if not resume_model:
+        return
+    if isinstance(resume_model, str) and resume_model.lower() == "auto":
+        for _, path in reversed(iter_checkpoints(save_dir) if save_dir else []):
+            if any(not os.path.isfile(os.path.join(path, _RESUME_FILES[k])) for k in _REQUIRED):
+                continue
+            try:
+                state = paddle.load(os.path.join(path, MODEL_FILE))
+            except Exception:
+                continue  # truncated: the trainer skips it and logs why
+            _check_fits(path, model, state)
+            return
+        return
+    path = resume_model
+    if not os.path.isdir(path):
+        raise _not_a_checkpoint_folder(path)
+    missing = [_RESUME_FILES[k] for k in _REQUIRED if not os.path.isfile(os.path.join(path, _RESUME_FILES[k]))]
+    if missing:
+        raise ConfigError(f"Checkpoint {path} cannot be resumed: it has no {' and no '.join(missing)} (a copy of "
+                          f"the weights alone, like best_model/, or a folder written incompletely). Resume from "
+                          f"another iter_N folder, pass --resume_model auto to take the newest complete one in "
+                          f"--save_dir, or start a new run from these weights with --init_weights "
+                          f"{os.path.join(path, MODEL_FILE)}. Nothing in --save_dir was changed.")
+    try:
+        with open(os.path.join(path, STATE_FILE), "rb") as f:
+            train_state = pickle.load(f)
+        state = paddle.load(os.path.join(path, MODEL_FILE))
+    except Exception as e:
+        raise ConfigError(f"Checkpoint {path} cannot be resumed: a file is truncated or corrupt "
+                          f"({type(e).__name__}: {e}). Resume from another iter_N folder, or pass "
+                          f"--resume_model auto to take the newest complete one in --save_dir.") from None
+    if not (isinstance(train_state, dict) and "iter" in train_state):
+        raise ConfigError(f"Checkpoint {path} cannot be resumed: {STATE_FILE} does not hold a training state. "
+                          f"Resume from another iter_N folder.")
+    _check_fits(path, model, state)
+
+
+def _check_fits(path, model, state):
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise ConfigError(f"Checkpoint {path}: {MODEL_FILE} holds a {type(state).__name__}, not a model's weights.")
+    fit, missing, unexpected, wrong = state_mismatch(model, state)
+    if missing or unexpected or wrong:
+        raise ConfigError(
+            describe_mismatch(model, state, f"The weights of checkpoint {path}", missing, unexpected, wrong, fit)
+            + " The checkpoint was saved from another model: resume only with the config (and distillation "
+              "settings) that wrote it, or start a new run in another --save_dir. Nothing in --save_dir was "
+              "changed.")
+
+
+PREVIOUS_RUN = "previous_run_"
+_RUN_OUTPUTS = ("best_model", "history.jsonl", "vdl", "record.txt")
+
+
+def check_save_dir_usable(save_dir):
+    """--save_dir is a folder, or can be made one, that this user can write; else a ConfigError."""
+    if not save_dir:
+        return
+    path = probe = os.path.abspath(save_dir)
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        if probe == path:
+            raise ConfigError(f"--save_dir {save_dir} is an existing file, not a folder. Give a folder for the "
+                              f"run's outputs (e.g. --save_dir output/run1); the file was left as it is.")
+        raise ConfigError(f"--save_dir {save_dir} cannot be created: {probe} is a file, not a folder. Give "
+                          f"another --save_dir.")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        what = "is not writable" if probe == path else f"cannot be created: {probe} is not writable"
+        raise ConfigError(f"--save_dir {save_dir} {what} by this user (permission denied). Give a folder you can "
+                          f"write to, or give yourself write access (chmod u+w {probe}).")
+
+
+def set_aside_previous_run(save_dir, log_file="record.txt"):
+    """Move an earlier run's outputs (iter_N, best_model, the log, history.jsonl, vdl and folders of a save
+    that was cut short) into SAVE_DIR/previous_run_<N>/ (the first free N); nothing is deleted. Returns the
+    lines to log (none when there was nothing to move)."""
+    if not os.path.isdir(save_dir):
+        return []
+    outputs = set(_RUN_OUTPUTS) | {log_file}
+    names = [n for n in os.listdir(save_dir)
+             if n in outputs or _ITER_RE.match(n) or _TMP_RE.match(n) or _OLD_RE.match(n)]
+    if not names:
+        return []
+    names.sort(key=lambda n: (0, int(_ITER_RE.match(n).group(1))) if _ITER_RE.match(n) else (1, n))
+    n = 1
+    while os.path.exists(os.path.join(save_dir, f"{PREVIOUS_RUN}{n}")):
+        n += 1
+    dest = os.path.join(save_dir, f"{PREVIOUS_RUN}{n}")
+    moved = []
+    try:
+        os.makedirs(dest)
+        for name in names:
+            os.replace(os.path.join(save_dir, name), os.path.join(dest, name))
+            moved.append(name)
+    except OSError as e:
+        raise ConfigError(f"--overwrite: could not move the earlier run's files into {dest} ({e}); moved so far: "
+                          f"{', '.join(moved) or 'nothing'}. Nothing was deleted; free the folder by hand or "
+                          f"choose another --save_dir.") from None
+    shown = ", ".join(moved[:8]) + (f" (+{len(moved) - 8} more)" if len(moved) > 8 else "")
+    return [f"--overwrite: moved the earlier run's {shown} into {dest} (nothing was deleted); starting a new run "
+            f"in {save_dir}"]
 
 
 def find_latest_checkpoint(save_dir, log=print):

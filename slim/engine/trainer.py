@@ -30,9 +30,10 @@ from slim.distill import Distiller
 from slim.distill.adaptor import unwrap
 from slim.distill.errors import ConfigError, NonFiniteLossError
 from . import env
-from .analysis import describe_model
-from .checkpoint import (MODEL_FILE, apply_state, find_latest_checkpoint, iter_checkpoints, portable_optimizer_state,
-                         read_checkpoint, restore_optimizer_state, save_checkpoint)
+from .analysis import describe_model, describe_step_memory
+from .checkpoint import (MODEL_FILE, apply_state, check_save_dir_usable, find_latest_checkpoint, iter_checkpoints,
+                         portable_optimizer_state, read_checkpoint, restore_optimizer_state, save_checkpoint,
+                         set_aside_previous_run)
 from .data import BatchStream
 from .ema import ModelEMA, ema_settings
 from .hooks import CheckpointHook, EvalHook, LoggerHook, VisualDLHook
@@ -115,19 +116,29 @@ class TrainOptions:
 
     def __init__(self, save_dir="output", log_iters=10, save_interval=1000, keep_checkpoint_max=5, do_eval=False,
                  eval_interval=None, use_vdl=False, num_workers=0, seed=None, resume_model=None,
-                 lr_scale=1.0, log_file="record.txt"):
+                 lr_scale=1.0, log_file="record.txt", overwrite=False, analyse=False):
         self.save_dir, self.log_iters, self.save_interval = save_dir, log_iters, save_interval
         self.keep_checkpoint_max, self.do_eval, self.use_vdl = keep_checkpoint_max, do_eval, use_vdl
         self.eval_interval = save_interval if eval_interval is None else eval_interval
         self.num_workers, self.seed, self.resume_model = num_workers, seed, resume_model
         self.lr_scale, self.log_file = lr_scale, log_file
+        self.overwrite = overwrite  # a new run in a save_dir holding another: set the other aside first
+        self.analyse = analyse  # log the measured memory of one training step at the start
 
 
-def check_save_dir_is_free(save_dir, resume_model):
+def check_save_dir_is_free(save_dir, resume_model, overwrite=False, log_file="record.txt"):
     """Refuse to start a new run over the checkpoints of another one (nothing of the user's is lost).
-    Any resume, `auto` included, continues the run that is there."""
+    Any resume, `auto` included, continues the run that is there. With `overwrite`, the other run's
+    checkpoints and logs are moved into SAVE_DIR/previous_run_<N>/ (by the first process) instead; the
+    lines saying so are returned, for the new run's log."""
+    check_save_dir_usable(save_dir)
     if resume_model:
-        return
+        if overwrite:
+            raise ConfigError("--overwrite starts a new run and --resume_model continues the one in --save_dir; "
+                              "give one of them.")
+        return []
+    if overwrite:
+        return set_aside_previous_run(save_dir, log_file) if env.is_main_process() else []
     taken = [os.path.basename(p) for _, p in iter_checkpoints(save_dir)]
     if os.path.isfile(os.path.join(save_dir, "best_model", MODEL_FILE)):
         taken.append("best_model")
@@ -136,8 +147,10 @@ def check_save_dir_is_free(save_dir, resume_model):
         hint = (f"--resume_model {AUTO_RESUME} (the newest complete checkpoint) or --resume_model {last[-1][1]} "
                 f"to continue it, ") if last else ""
         raise ConfigError(f"--save_dir {save_dir} already holds checkpoints of another run "
-                          f"({', '.join(taken[:6])}). Pass {hint}or choose another --save_dir (nothing was "
-                          f"overwritten).")
+                          f"({', '.join(taken[:6])}). Pass {hint}--overwrite to start a new run there (the "
+                          f"earlier one is moved into {os.path.join(save_dir, 'previous_run_<N>')}, nothing is "
+                          f"deleted), or choose another --save_dir (nothing was overwritten).")
+    return []
 
 
 class Trainer:
@@ -188,10 +201,13 @@ class Trainer:
     def _setup(self):
         opts = self.options
         world = self.world = env.init_distributed()
-        check_save_dir_is_free(self.save_dir, opts.resume_model)
+        set_aside = check_save_dir_is_free(self.save_dir, opts.resume_model, getattr(opts, "overwrite", False),
+                                           opts.log_file)
         if env.is_main_process():
             os.makedirs(self.save_dir, exist_ok=True)
             self._log_file = open(os.path.join(self.save_dir, opts.log_file), "a")
+        for line in set_aside:
+            self.log(line)
         for note in self._notes:
             self.log(note)
         env.seed_everything(opts.seed)
@@ -222,6 +238,8 @@ class Trainer:
                 self.log(f"distill {pair.describe()}, weight {pair.weight}")
         elif self.pairs:
             raise ConfigError("Distillation pairs were given but no teacher: pass a teacher config.")
+        if getattr(opts, "analyse", False):  # every process measures (the step's backward all-reduces)
+            self.log(describe_step_memory(self, batch_size))
 
         lr_scale, warmup_scale = self._batch_scaling(batch_size * world)
         self.lr = build_lr_scheduler(self.settings, self.max_iters, self.iters_per_epoch, lr_scale, warmup_scale)
