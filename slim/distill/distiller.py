@@ -100,10 +100,15 @@ class _Side:
         self.output = output
         return output
 
-    def feature(self, source):
+    def feature(self, source, pair=None):
         ref = self.resolved[id(source)]
         if isinstance(ref, LayerRef):
-            return self.recorder.get(ref, self.output)
+            try:
+                return self.recorder.get(ref, self.output)
+            except ConfigError as e:  # e.g. a layer that did not run: say which pair names it
+                if pair is None:
+                    raise
+                raise type(e)(f"Distill pair {pair!r} ({self.role} side): {e}") from None
         if ref.key not in self.stored:
             name = type(self.adaptor).__name__
             raise ConfigError(
@@ -237,8 +242,8 @@ class Distiller:
         student_out = self._student.forward(inputs, kwargs)
         with paddle.no_grad():
             teacher_out = self._teacher.forward(inputs if teacher_inputs is None else teacher_inputs, kwargs)
-        s_feats = {p.name: [self._student.feature(s) for s in p.student] for p in self.pairs}
-        t_feats = {p.name: [self._teacher.feature(s) for s in p.teacher] for p in self.pairs}
+        s_feats = {p.name: [self._student.feature(s, p.name) for s in p.student] for p in self.pairs}
+        t_feats = {p.name: [self._teacher.feature(s, p.name) for s in p.teacher] for p in self.pairs}
         self._apply_connectors(s_feats, t_feats)
         losses = OrderedDict()
         for pair, loss_fn in zip(self.pairs, self.loss_fns):

@@ -3,14 +3,68 @@
 Every sample is drawn as `dataset[(epoch, index)]` and its random augmentation is seeded from
 (seed, epoch, index): the same batch holds the same augmented samples whatever the number of workers,
 and a run resumed in the middle of an epoch sees exactly what an unbroken run would have seen.
+
+A sample that fails to load (a file that does not decode, a transform that raises, a batch that does not
+stack) is one ConfigError naming the sample's files, raised in the main thread by `BatchStream`: paddle's
+DataLoader thread would otherwise print a traceback and leave the run waiting forever for the batch.
 """
 import math
+import os
 import random
 
 import numpy as np
 import paddle
+from paddle.io.dataloader.collate import default_collate_fn
 
-from slim.distill.errors import ConfigError
+from slim.distill.errors import ConfigError, SlimError
+
+MAX_FILES_SHOWN = 6  # files named in an error about one batch
+
+
+def sample_files(dataset, index):
+    """The files behind sample `index`, for messages: the dataset's own `sample_files(index)`, PaddleSeg's
+    `file_list[index]` (image, label) or a classification dataset's `samples[index]` (path, label)."""
+    try:
+        if hasattr(dataset, "sample_files"):
+            files = dataset.sample_files(index)
+        elif hasattr(dataset, "file_list"):
+            files = dataset.file_list[index]
+        elif hasattr(dataset, "samples"):
+            files = dataset.samples[index][:1]
+        else:
+            return []
+    except Exception:  # only for a message: never hide the original error behind another one
+        return []
+    if isinstance(files, (str, os.PathLike)):
+        files = [files]
+    return [str(f) for f in files if isinstance(f, (str, os.PathLike))]
+
+
+def _named(dataset, indices):
+    files = [f for i in indices for f in sample_files(dataset, i)]
+    if not files:
+        return ""
+    more = f" and {len(files) - MAX_FILES_SHOWN} more" if len(files) > MAX_FILES_SHOWN else ""
+    return f" ({', '.join(files[:MAX_FILES_SHOWN])}{more})"
+
+
+def sample_error(dataset, index, exc):
+    """A ConfigError for an exception raised while loading sample `index`: a SlimError already says what to
+    change; any other names the sample's files and the exception."""
+    if isinstance(exc, SlimError):
+        return exc if isinstance(exc, ConfigError) else ConfigError(str(exc))
+    return ConfigError(f"Could not load sample {index}{_named(dataset, [index])}: {type(exc).__name__}: {exc}. "
+                       f"Check or replace these files, or remove the sample from the dataset's file list.")
+
+
+def batch_error(dataset, indices, exc):
+    """A ConfigError for an exception raised while collating the samples `indices` into one batch."""
+    if isinstance(exc, SlimError):
+        return exc if isinstance(exc, ConfigError) else ConfigError(str(exc))
+    hint = (" Samples in one batch must have the same size after the transforms: add a crop or resize "
+            "transform, or check that each label has its image's size." if "shape" in str(exc) else "")
+    return ConfigError(f"Could not put samples {list(indices)}{_named(dataset, indices)} into one batch: "
+                       f"{type(exc).__name__}: {exc}.{hint}")
 
 
 class SeededDataset(paddle.io.Dataset):
@@ -28,7 +82,59 @@ class SeededDataset(paddle.io.Dataset):
         sample_seed = (self.seed * 1_000_003 + epoch * 100_003 + index) % (2 ** 32)
         np.random.seed(sample_seed)
         random.seed(sample_seed)
-        return self.base[index]
+        try:
+            return self.base[index]
+        except Exception as e:
+            raise sample_error(self.base, index, e) from None
+
+
+ERROR_KEY = "__slim_data_error__"
+
+
+class _Failed:
+    """A sample (or batch) that could not be loaded, carried to the main thread instead of raised."""
+
+    def __init__(self, message):
+        self.message = message
+
+
+class _LoaderDataset(paddle.io.Dataset):
+    """What the DataLoader reads: (index, sample), or (index, _Failed) instead of raising in its thread."""
+
+    def __init__(self, seeded):
+        self.seeded = seeded
+
+    def __len__(self):
+        return len(self.seeded)
+
+    def __getitem__(self, key):
+        index = key[1] if isinstance(key, tuple) else key
+        try:
+            return index, self.seeded[key]
+        except Exception as e:
+            return index, _Failed(str(sample_error(self.seeded.base, index, e)))
+
+
+class _LoaderCollate:
+    """The task's collate on the samples; a failed sample or collate becomes a batch that carries the
+    message (with a placeholder array: paddle's loader queue needs at least one tensor)."""
+
+    def __init__(self, collate_fn, base):
+        self.collate_fn = collate_fn or default_collate_fn
+        self.base = base
+
+    @staticmethod
+    def failed(message):
+        return {ERROR_KEY: message, "placeholder": np.zeros(1, dtype=np.float32)}
+
+    def __call__(self, items):
+        for _, sample in items:
+            if isinstance(sample, _Failed):
+                return self.failed(sample.message)
+        try:
+            return self.collate_fn([sample for _, sample in items])
+        except Exception as e:
+            return self.failed(str(batch_error(self.base, [i for i, _ in items], e)))
 
 
 class ResumableBatchSampler(paddle.io.BatchSampler):
@@ -98,7 +204,8 @@ class BatchStream:
 
     def _open(self, start_batch=0):
         self.sampler.set_epoch(self.epoch, start_batch)
-        loader = paddle.io.DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=self.collate_fn,
+        loader = paddle.io.DataLoader(_LoaderDataset(self.dataset), batch_sampler=self.sampler,
+                                      collate_fn=_LoaderCollate(self.collate_fn, self.dataset.base),
                                       num_workers=self.num_workers, return_list=True)
         self._iter = iter(loader)
 
@@ -109,8 +216,12 @@ class BatchStream:
         if self._iter is None:
             self._open()
         try:
-            return next(self._iter)
+            batch = next(self._iter)
         except StopIteration:
             self.epoch += 1
             self._open()
-            return next(self._iter)
+            batch = next(self._iter)
+        if isinstance(batch, dict) and ERROR_KEY in batch:
+            self._iter = None  # the loader is dropped: its thread stops instead of reading on
+            raise ConfigError(batch[ERROR_KEY])
+        return batch

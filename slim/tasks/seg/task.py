@@ -23,6 +23,7 @@ from slim.tasks.base import TaskBase
 from . import compat
 from .datasets import check_dataset_root, no_downloads
 from .metrics import ConfusionMatrix, eval_lines
+from .samples import CheckedDataset
 
 register_config_keys("val_transforms")
 
@@ -194,9 +195,13 @@ class Task(TaskBase):
         except (FileNotFoundError, ValueError) as e:
             raise ConfigError(f"{key}: {e}. Prepare the data first (e.g. `python tools/prepare_data.py nuclei "
                               f"--out data/nuclei`) or fix dataset_root / {mode}_path.") from None
+        source = ds_cfg.get(f"{str(ds_cfg['mode']).lower()}_path") or ds_cfg.get("dataset_root")
         if len(dataset) == 0:
-            raise ConfigError(f"{key} holds no samples: its file list is empty.")
-        return dataset
+            raise ConfigError(f"{key} holds no samples: its file list ({source}) is empty. Add one 'image label' "
+                              f"line per sample (paths relative to dataset_root), or point {key} at another list.")
+        # each sample is checked as it is read: files that do not decode, a label of another size than its
+        # image, label values outside [0, num_classes) (one clear error naming the files, in any thread)
+        return CheckedDataset(dataset, key, source=source)
 
     def collate_fn(self, mode):
         return seg_collate
