@@ -79,12 +79,17 @@ def test_missing_image_in_the_train_list(seg, tmp_path):
     assert image_path(seg["data"]) in line and "do not exist" in line and "train.txt" in line
 
 
-def test_truncated_png_in_the_train_list(seg, tmp_path):
-    path = image_path(seg["data"])
+def truncate(path, keep):
+    """Cut a file to a share of its bytes, as an interrupted copy would."""
     with open(path, "rb") as f:
         head = f.read()
     with open(path, "wb") as f:
-        f.write(head[:len(head) // 3])
+        f.write(head[:int(len(head) * keep)])
+
+
+def test_truncated_png_in_the_train_list(seg, tmp_path):
+    path = image_path(seg["data"])
+    truncate(path, keep=1 / 3)
     code, err = train(seg["teacher"], tmp_path)
     assert code == 2
     line = one_error(err)
@@ -276,10 +281,7 @@ def test_cls_label_out_of_range(cls, tmp_path):
 
 def test_cls_truncated_image(cls, tmp_path):
     bad = os.path.join(cls["data"], cls["lines"][1].split()[0])
-    with open(bad, "rb") as f:
-        head = f.read()
-    with open(bad, "wb") as f:
-        f.write(head[:len(head) // 2])
+    truncate(bad, keep=1 / 2)
     code, err = train(cls["config"], tmp_path)
     assert code == 2
     line = one_error(err)

@@ -18,37 +18,23 @@ from slim.engine.checkpoint import check_resumable, check_save_dir_usable
 from slim.engine.trainer import TrainOptions, Trainer
 
 
-def positive_int(text):
-    """argparse type: a whole number >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer (a whole number >= 1), got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer (a whole number >= 1), got {text}")
-    return value
+def _bounded(convert, minimum, what, example):
+    """An argparse type: `convert(text)`, finite and >= minimum, else a message saying what is expected."""
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if not math.isfinite(value) or value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {what} (e.g. {example}), got {text}")
+        return value
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
 
 
-def non_negative_int(text):
-    """argparse type: a whole number >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0 (0: no extra processes), got {text}")
-    return value
-
-
-def non_negative_float(text):
-    """argparse type: a finite number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number (e.g. 0.01), got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0 (e.g. 0.01), got {text}")
-    return value
+positive_int = _bounded(int, 1, "a positive integer (a whole number >= 1)", 100)
+non_negative_int = _bounded(int, 0, "a whole number >= 0", 0)
+non_negative_float = _bounded(float, 0.0, "a finite number >= 0", 0.01)
 
 
 def add_common_flags(parser):
