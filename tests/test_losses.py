@@ -193,6 +193,8 @@ ALIASES = {
     "FSPLoss": ["fsp"],
     "ATLoss": ["at", "AttentionTransferLoss"],
     "RKDLoss": ["rkd"],
+    "DISTLoss": ["dist"],
+    "PKDLoss": ["pkd"],
 }
 # the engine's own losses (task plug-ins, e.g. slim.tasks.det, register theirs and test them themselves)
 CLASSES = sorted({cls.__name__ for cls in LOSSES.values() if cls.__module__.startswith("slim.distill.losses")})
@@ -211,7 +213,7 @@ def test_class_attributes(name):
     assert isinstance(cls.uses_label, bool) and isinstance(cls.same_shape, bool)
     assert cls.pair_arity == (2 if name == "FSPLoss" else 1)
     assert cls.same_shape == (name not in ("FSPLoss", "ATLoss", "RKDLoss"))
-    assert cls.uses_label == (name in ("KLLoss", "DistillCrossEntropyLoss", "DMLLoss", "DKDLoss"))
+    assert cls.uses_label == (name in ("KLLoss", "DistillCrossEntropyLoss", "DMLLoss", "DKDLoss", "DISTLoss"))
     assert isinstance(cls(), paddle.nn.Layer)
     doc = cls.__doc__ or ""
     assert "L = " in doc, "docstring gives the formula"
@@ -446,6 +448,8 @@ def case(name, r):
         return [r.randn(4, 3)], [r.randn(4, 5)], None, {}
     if name in ("KLLoss", "DistillCrossEntropyLoss", "DMLLoss", "DKDLoss"):
         return [r.randn(2, 4, 2, 3)], [r.randn(2, 4, 2, 3)], seg_label(r, 2, 2, 3, 4), {"temperature": 2.0}
+    if name == "DISTLoss":
+        return [r.randn(2, 4, 2, 3)], [r.randn(2, 4, 2, 3)], seg_label(r, 2, 2, 3, 4), {"tau": 2.0, "gamma": 2.0}
     if name == "SmoothL1Loss":  # |s - t| away from beta = 1 so the check does not straddle the kink
         t = r.randn(2, 3, 2, 2)
         return [t + r.choice([-1.0, 1.0], size=t.shape) * r.uniform(0.1, 2.0, size=t.shape)], [t], None, {}

@@ -49,6 +49,14 @@ def masked_mean(values, valid=None):
     return kept.sum() / paddle.clip(count, min=1.0)
 
 
+def standardize_rows(x, eps=1e-7):
+    """Logit standardisation (Sun et al., CVPR 2024): each row z -> (z - mean(z)) / (std(z) + eps), with the
+    sample standard deviation (ddof 1) as the authors' code computes it."""
+    mean = x.mean(axis=-1, keepdim=True)
+    std = paddle.std(x, axis=-1, keepdim=True, unbiased=True)
+    return (x - mean) / (std + eps)
+
+
 def log_softmax(x, axis=-1):
     """x - logsumexp(x) along `axis`.
 

@@ -9,7 +9,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from ..errors import ConfigError
-from ._utils import classes_last, kl_rows, kl_rows_from_logits, log_softmax, masked_mean, valid_mask
+from ._utils import classes_last, kl_rows, kl_rows_from_logits, log_softmax, masked_mean, standardize_rows, valid_mask
 from .registry import register_loss
 
 # subtracted from the target logit to take it out of a softmax (exp(-1e4) is 0 in every float type)
@@ -21,16 +21,21 @@ class _SoftmaxLoss(nn.Layer):
     same_shape = True
     pair_arity = 1
 
-    def __init__(self, temperature=1.0, axis=1, ignore_index=255):
+    def __init__(self, temperature=1.0, axis=1, ignore_index=255, logit_standardization=False):
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature, self.axis, self.ignore_index = float(temperature), int(axis), ignore_index
+        self.logit_standardization = bool(logit_standardization)
+
+    def _rows(self, logits):
+        """(positions, classes) logits, z-scored per row with `logit_standardization: true`."""
+        rows = classes_last(logits, self.axis)
+        return standardize_rows(rows) if self.logit_standardization else rows
 
     def _log_probs(self, student, teacher):
         t = self.temperature
-        return (log_softmax(classes_last(student, self.axis) / t, axis=-1),
-                log_softmax(classes_last(teacher, self.axis) / t, axis=-1))
+        return (log_softmax(self._rows(student) / t, axis=-1), log_softmax(self._rows(teacher) / t, axis=-1))
 
     def _mean(self, per_position, label, logits):
         if label is None:
@@ -45,14 +50,16 @@ class KLLoss(_SoftmaxLoss):
         p = softmax(z / T) along `axis`;  L = T^2 * sum_k p_t,k (log p_t,k - log p_s,k)
 
     averaged over samples (N) or positions (N*H*W); with `label`, positions labelled `ignore_index`
-    are left out (a label of another spatial size is resized, nearest).
+    are left out (a label of another spatial size is resized, nearest). With `logit_standardization: true`
+    (Sun et al., CVPR 2024) each sample's (pixel's) logits are first z-scored over the classes:
+    z -> (z - mean(z)) / (std(z) + 1e-7), std with ddof 1, as in the authors' code.
 
         - {student: $output, teacher: $output, loss: {type: KLLoss, temperature: 4}, weight: 1.0}
     """
 
     def forward(self, student, teacher, label=None):
         t = self.temperature
-        s_rows, t_rows = classes_last(student, self.axis) / t, classes_last(teacher, self.axis) / t
+        s_rows, t_rows = self._rows(student) / t, self._rows(teacher) / t
         return t ** 2 * self._mean(kl_rows_from_logits(t_rows, s_rows), label, student)
 
 
@@ -93,12 +100,13 @@ class DKDLoss(_SoftmaxLoss):
         b = [p_t, 1 - p_t],  TCKD = KL(b_T || b_S)
         p^ = softmax of z / T over the classes != t,  NCKD = KL(p^_T || p^_S)
         L = (alpha * TCKD + beta * NCKD) * T^2, mean over samples (pixels not labelled ignore_index)
+    (`logit_standardization: true` z-scores the logits first, as for KLLoss)
 
         - {student: $output, teacher: $output, loss: {type: DKDLoss, alpha: 1, beta: 8, temperature: 4}}
     """
 
-    def __init__(self, alpha=1.0, beta=8.0, temperature=4.0, axis=1, ignore_index=255):
-        super().__init__(temperature, axis, ignore_index)
+    def __init__(self, alpha=1.0, beta=8.0, temperature=4.0, axis=1, ignore_index=255, logit_standardization=False):
+        super().__init__(temperature, axis, ignore_index, logit_standardization)
         self.alpha, self.beta = float(alpha), float(beta)
 
     def _log_parts(self, logits, target_mask):
@@ -115,7 +123,7 @@ class DKDLoss(_SoftmaxLoss):
         if label is None:
             raise ConfigError("DKDLoss needs the ground-truth label: call it as "
                               "loss(student, teacher, label=labels).")
-        s, t = classes_last(student, self.axis), classes_last(teacher, self.axis)
+        s, t = self._rows(student), self._rows(teacher)
         target, valid = valid_mask(label, student, self.axis, self.ignore_index)
         target = target * valid.astype(target.dtype)  # ignored positions get class 0, masked below
         target_mask = F.one_hot(target, s.shape[-1]).astype(s.dtype)
