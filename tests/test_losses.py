@@ -195,7 +195,11 @@ ALIASES = {
     "RKDLoss": ["rkd"],
     "DISTLoss": ["dist"],
     "PKDLoss": ["pkd"],
+    "MGDLoss": ["mgd"],
 }
+# constructor arguments of the losses that need some (MGD's generator is sized from the channels; with
+# lambda 0 its mask keeps every position, so repeated calls give the same value)
+ARGS = {"MGDLoss": {"student_channels": 3, "teacher_channels": 4, "lambda_mgd": 0.0, "alpha_mgd": 0.1}}
 # the engine's own losses (task plug-ins, e.g. slim.tasks.det, register theirs and test them themselves)
 CLASSES = sorted({cls.__name__ for cls in LOSSES.values() if cls.__module__.startswith("slim.distill.losses")})
 
@@ -212,9 +216,9 @@ def test_class_attributes(name):
     cls = LOSSES[name]
     assert isinstance(cls.uses_label, bool) and isinstance(cls.same_shape, bool)
     assert cls.pair_arity == (2 if name == "FSPLoss" else 1)
-    assert cls.same_shape == (name not in ("FSPLoss", "ATLoss", "RKDLoss"))
+    assert cls.same_shape == (name not in ("FSPLoss", "ATLoss", "RKDLoss", "MGDLoss"))
     assert cls.uses_label == (name in ("KLLoss", "DistillCrossEntropyLoss", "DMLLoss", "DKDLoss", "DISTLoss"))
-    assert isinstance(cls(), paddle.nn.Layer)
+    assert isinstance(cls(**ARGS.get(name, {})), paddle.nn.Layer)
     doc = cls.__doc__ or ""
     assert "L = " in doc, "docstring gives the formula"
     assert f"loss: {name}" in doc or f"loss: {{type: {name}" in doc, "docstring gives a yaml example"
@@ -446,6 +450,8 @@ def case(name, r):
         return [r.randn(2, 3, 3, 3)], [r.randn(2, 3, 3, 3)], None, {"tau": 2.0}
     if name == "RKDLoss":
         return [r.randn(4, 3)], [r.randn(4, 5)], None, {}
+    if name == "MGDLoss":
+        return [r.randn(2, 3, 3, 3)], [r.randn(2, 4, 3, 3)], None, ARGS[name]
     if name in ("KLLoss", "DistillCrossEntropyLoss", "DMLLoss", "DKDLoss"):
         return [r.randn(2, 4, 2, 3)], [r.randn(2, 4, 2, 3)], seg_label(r, 2, 2, 3, 4), {"temperature": 2.0}
     if name == "DISTLoss":
@@ -477,6 +483,7 @@ def test_gradient_matches_central_differences(name):
     r = rng(30)
     s_arrays, t_arrays, label, args = case(name, r)
     loss = build_loss({"type": name, **args})
+    loss.to(dtype="float64")  # a loss with its own layers (MGD's generator) computes in float64 too
     teachers = [f64(a) for a in t_arrays]
 
     def value(arrays):

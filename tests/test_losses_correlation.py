@@ -120,3 +120,50 @@ def test_pkd_equals_ppdet_pkd_feature_loss():
     t = paddle.to_tensor(r.randn(2, 4, 6, 6), dtype="float32")
     theirs = PKDFeatureLoss(student_channels=4, teacher_channels=4, normalize=True, loss_weight=1.0, resize_stu=True)
     np.testing.assert_allclose(float(build_loss("pkd")(s, t)), float(theirs(s, t)), rtol=1e-5)
+
+
+# ----- MGD ----------------------------------------------------------------------------------------
+def mgd_reference(loss, s, t, keep):
+    """The formula with the loss's own weights, written out with functional convolutions."""
+    import paddle.nn.functional as F
+    x = F.conv2d(s, loss.align.weight) if loss.align is not None else s
+    g1, g2 = loss.generation[0], loss.generation[2]
+    y = F.conv2d(F.relu(F.conv2d(x * keep, g1.weight, g1.bias, padding=1)), g2.weight, g2.bias, padding=1)
+    return loss.alpha_mgd * float(((y - t) ** 2).sum()) / s.shape[0]
+
+
+def test_mgd_matches_the_formula_with_its_random_mask():
+    r = rng(48)
+    s = paddle.to_tensor(r.randn(2, 3, 5, 5), dtype="float32")
+    t = paddle.to_tensor(r.randn(2, 4, 5, 5), dtype="float32")
+    loss = build_loss({"type": "MGDLoss", "student_channels": 3, "teacher_channels": 4, "alpha_mgd": 1e-2,
+                       "lambda_mgd": 0.5})
+    paddle.seed(3)
+    got = float(loss(s, t))
+    paddle.seed(3)
+    keep = (paddle.rand([2, 1, 5, 5]) >= 0.5).astype("float32")
+    assert 0 < float(keep.mean()) < 1
+    np.testing.assert_allclose(got, mgd_reference(loss, s, t, keep), rtol=1e-5)
+    nothing_masked = build_loss({"type": "mgd", "student_channels": 3, "teacher_channels": 4, "lambda_mgd": 0.0})
+    np.testing.assert_allclose(float(nothing_masked(s, t)),
+                               mgd_reference(nothing_masked, s, t, paddle.ones([2, 1, 5, 5])), rtol=1e-5)
+
+
+def test_mgd_trains_its_generator_with_the_student():
+    from slim.distill import Distiller, parse_pairs
+    student = paddle.nn.Sequential(paddle.nn.Conv2D(3, 6, 3, padding=1), paddle.nn.ReLU())
+    teacher = paddle.nn.Sequential(paddle.nn.Conv2D(3, 8, 3, padding=1), paddle.nn.ReLU())
+    pairs = parse_pairs([{"name": "mgd", "student": "0", "teacher": "0", "weight": 1.0,
+                          "loss": {"type": "MGDLoss", "student_channels": 6, "teacher_channels": 8, "alpha_mgd": 1.0}}])
+    distiller = Distiller(student, teacher, pairs)
+    x = paddle.randn([2, 3, 6, 6])
+    distiller.build(x)
+    names = [n for n, _ in distiller.named_extra_parameters()]
+    assert any(n.startswith("loss_layers.") and "generation" in n for n in names)
+    assert any(n.startswith("loss_layers.") and "align" in n for n in names)
+    out = distiller(x)
+    out.loss.backward()
+    assert student[0].weight.grad is not None and float(student[0].weight.grad.abs().sum()) > 0
+    generator = dict(distiller.named_extra_parameters())
+    grads = [p.grad for n, p in generator.items() if "generation" in n]
+    assert grads and all(g is not None and float(g.abs().sum()) > 0 for g in grads)

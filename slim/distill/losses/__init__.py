@@ -8,6 +8,6 @@ Class attributes the distiller reads:
 - `pair_arity`: 1, or 2 for losses called with a pair of maps per side (FSP).
 """
 from .registry import LOSSES, build_loss, get_loss_class, known_losses, register_loss
-from . import kd, distance, cwd, fsp, attention, rkd, correlation  # noqa: F401  (register the losses)
+from . import kd, distance, cwd, fsp, attention, rkd, correlation, generation  # noqa: F401  (register the losses)
 
 __all__ = ["LOSSES", "build_loss", "get_loss_class", "known_losses", "register_loss"]
