@@ -11,7 +11,8 @@ Time, in one process, the variants interleaved step by step, median after warm-u
   floor     student + teacher: the cost any distillation must pay
   hand-written  the same distillation step written by hand (hooks, connectors, losses, no engine):
                 the floor plus what the configured connectors and losses cost by themselves
-  engine    slim.distill.Distiller step (same CE + distillation terms)
+  engine    the trainer's step, slim.engine.amp.train_step, around slim.distill.Distiller (same CE +
+            distillation terms; the loss values stay on the device, as in training between log steps)
   paddleslim        PaddleSlim 2.6 `Distill(convert_fn=False)` with the same losses, teacher.eval() as
                     its docs show (teacher parameters left trainable)
   paddleslim-frozen the same with the teacher's parameters frozen by hand (stop_gradient=True)
@@ -27,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import OrderedDict
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,6 +39,7 @@ import paddle.nn.functional as F  # noqa: E402
 
 from slim.distill import Distiller  # noqa: E402
 from slim.distill.losses import build_loss  # noqa: E402
+from slim.engine.amp import train_step  # noqa: E402
 from slim.tasks.seg import build_component  # noqa: E402
 
 VARIANTS = ["student", "teacher", "hand-written", "engine", "paddleslim", "paddleslim-frozen"]
@@ -134,15 +137,18 @@ def make_step(variant, args, seed=0):
         return step
 
     if variant == "engine":
-        distiller = Distiller(student, teacher, engine_pairs())
+        # the trainer's step (slim.engine.amp.train_step, fp32): losses stay on the device, checked at log steps
+        distiller = Distiller(student, teacher, engine_pairs(), check_finite=False)
         opt = paddle.optimizer.SGD(learning_rate=1e-3, parameters=distiller.parameters())
 
-        def step():
+        def forward():
             out = distiller(x, label=y)
-            loss = ce(out.student_out[0]) + out.loss
-            loss.backward()
-            opt.step()
-            opt.clear_grad()
+            terms = OrderedDict(ce=ce(out.student_out[0]))
+            terms.update(out.losses)
+            return terms
+
+        def step():
+            train_step(forward, opt)
         return step
 
     from paddleslim.dygraph.dist import Distill

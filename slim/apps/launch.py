@@ -14,6 +14,7 @@ from slim.distill.distiller import freeze_teacher
 from slim.distill.errors import ConfigError, SlimError
 from slim.tasks import get_task
 from slim.engine import env
+from slim.engine.amp import LEVELS, PRECISIONS
 from slim.engine.checkpoint import check_resumable, check_save_dir_usable
 from slim.engine.trainer import TrainOptions, Trainer
 
@@ -64,9 +65,32 @@ def add_common_flags(parser):
     p.add_argument("--init_weights", default=None, help="start the student from these weights")
     p.add_argument("--analyse", "--analyze", action="store_true", help="log the memory of a training step "
                    "(student, teacher, distillation), measured once at the start (costs about three steps)")
+    add_precision_flags(p)
     p.add_argument("-o", "--opts", nargs="+", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. -o batch_size=4 model.backbone.output_stride=16")
     return p
+
+
+def add_precision_flags(parser):
+    parser.add_argument("--precision", choices=PRECISIONS, type=str.lower, default=None,
+                        help="fp32 (default), fp16 (with a dynamic loss scale) or bf16 for the student and the "
+                             "teacher; losses stay in fp32. Where autocast does nothing (a CPU) the run says so "
+                             "and trains in fp32")
+    parser.add_argument("--amp_level", choices=LEVELS, type=str.upper, default=None,
+                        help="O1 (default): white-listed ops in low precision; O2: the weights too (float32 "
+                             "master weights in the optimizer)")
+    parser.add_argument("--amp", action="store_true", default=None,
+                        help="PaddleDetection's spelling of --precision fp16 (level O1 unless --amp_level)")
+
+
+def precision_from_args(args):
+    """(precision, level) from --precision, --amp_level and --amp; (None, None) for what was not given."""
+    precision, level = getattr(args, "precision", None), getattr(args, "amp_level", None)
+    if getattr(args, "amp", None):
+        if precision not in (None, "fp16"):
+            raise ConfigError(f"--amp means --precision fp16; it cannot be combined with --precision {precision}.")
+        precision = "fp16"
+    return precision, level
 
 
 def flag_overrides(args, cfg_path):
@@ -126,11 +150,13 @@ def build_teacher(task, cfg, weights=None, allow_untrained=False, log=print, key
 
 
 def options_from_args(args, save_dir):
+    precision, level = precision_from_args(args)
     return TrainOptions(save_dir=save_dir, log_iters=args.log_iters, save_interval=args.save_interval,
                         keep_checkpoint_max=args.keep_checkpoint_max, do_eval=args.do_eval,
                         eval_interval=args.eval_interval, use_vdl=args.use_vdl, num_workers=args.num_workers,
                         seed=args.seed, resume_model=args.resume_model,
-                        overwrite=getattr(args, "overwrite", False), analyse=getattr(args, "analyse", False))
+                        overwrite=getattr(args, "overwrite", False), analyse=getattr(args, "analyse", False),
+                        precision=precision or "fp32", amp_level=level or "O1")
 
 
 def _fmt_number(value):

@@ -39,7 +39,9 @@ Other stage keys: `opts` (student config overrides, like -o), `distill` (pairs) 
 `distill_layers_blocks`, itself defaulting to `block_list`), `distill_layers_loss` ({type: L2Loss}),
 `distill_layers_weight`, `distill_layers_align`, `freeze`, `handoff` (last | best: which weights the next
 stage gets; removal stages always hand off their last ones), and the run settings `seed`,
-`save_interval`, `log_iters`, `do_eval`, `eval_interval`, `keep_checkpoint_max`, `num_workers`, `use_vdl`.
+`save_interval`, `log_iters`, `do_eval`, `eval_interval`, `keep_checkpoint_max`, `num_workers`, `use_vdl`,
+`amp` (mixed precision: `amp: {precision: fp16, level: O1}`, precision fp32, fp16 or bf16, level O1 or O2;
+see slim/engine/amp.py; --precision / --amp_level / --amp on the command line).
 Priority: command-line flags > the stage > `defaults`. Config paths are read from the working directory,
 else next to the pipeline yaml.
 
@@ -61,6 +63,7 @@ from slim.distill.config import apply_overrides, parse_yaml_with_bases
 from slim.distill.errors import ConfigError, SlimError
 from slim.distill.pairs import check_keys, logit_pairs, parse_pairs
 from slim.engine import env
+from slim.engine.amp import precision_settings
 from slim.engine.checkpoint import (MODEL_FILE, find_latest_checkpoint, iter_checkpoints, load_model_weights,
                                     save_checkpoint)
 from slim.engine.hooks import Hook
@@ -69,7 +72,7 @@ from . import launch
 
 STATE_FILE = "pipeline_state.json"
 RUN_KEYS = ("seed", "save_interval", "log_iters", "do_eval", "eval_interval", "keep_checkpoint_max",
-            "num_workers", "use_vdl")
+            "num_workers", "use_vdl", "amp")
 STAGE_KEYS = {
     "name", "student", "teacher", "init", "iters", "epochs", "opts", "distill", "distill_loss",
     "remove_layers", "block_list", "remove_iters", "cut", "distill_layers", "distill_layers_student",
@@ -77,7 +80,7 @@ STAGE_KEYS = {
     "distill_layers_weight", "distill_layers_align", "freeze", "trainable", "handoff", *RUN_KEYS,
 }
 RUN_DEFAULTS = {"seed": None, "save_interval": 1000, "log_iters": 10, "do_eval": False, "eval_interval": None,
-                "keep_checkpoint_max": 5, "num_workers": 0, "use_vdl": False}
+                "keep_checkpoint_max": 5, "num_workers": 0, "use_vdl": False, "amp": None}
 
 
 def handed_weights(record):
@@ -107,6 +110,7 @@ class Stage:
         self.earlier = list(earlier)
 
         self.run = {k: raw.get(k, defaults.get(k, RUN_DEFAULTS[k])) for k in RUN_KEYS}
+        self.run["amp"] = precision_settings(self.run["amp"], f"{where}: amp")  # (precision, level) or None
         for ref_key in ("teacher", "init", "distill_layers", "student"):
             self._check_refs(ref_key, raw.get(ref_key))
         if "student" not in raw:
@@ -311,16 +315,21 @@ class Pipeline:
     # ----- settings -----------------------------------------------------------------------------------
     def _run_setting(self, stage, key):
         flag = self.flags.get(key)
+        if key == "amp" and flag is not None:  # flags given override the stage's precision and/or level
+            precision, level = stage.run["amp"] or ("fp32", "O1")
+            return flag["precision"] or precision, flag["level"] or level
         return stage.run[key] if flag is None else flag
 
     def _options(self, stage, folder):
         run = {k: self._run_setting(stage, k) for k in RUN_KEYS}
         # the newest complete checkpoint of the stage; one left half-written by a killed save is skipped
         resume, _ = find_latest_checkpoint(folder, log=self.log)
+        precision, level = run["amp"] or ("fp32", "O1")
         return TrainOptions(save_dir=folder, log_iters=run["log_iters"], save_interval=run["save_interval"],
                             keep_checkpoint_max=run["keep_checkpoint_max"], do_eval=bool(run["do_eval"]),
                             eval_interval=run["eval_interval"], use_vdl=bool(run["use_vdl"]),
-                            num_workers=run["num_workers"], seed=run["seed"], resume_model=resume)
+                            num_workers=run["num_workers"], seed=run["seed"], resume_model=resume,
+                            precision=precision, amp_level=level)
 
     # ----- references ---------------------------------------------------------------------------------
     def _record(self, stage, ref, key):
@@ -606,11 +615,21 @@ def parse_args(argv):
     p.add_argument("--do_eval", action="store_true", default=None)
     p.add_argument("--eval_interval", type=launch.positive_int, default=None)
     p.add_argument("--use_vdl", action="store_true", default=None)
+    launch.add_precision_flags(p)
     p.add_argument("--allow_untrained_teacher", action="store_true",
                    help="stages may use a teacher without weights (pipeline tests only)")
     p.add_argument("-o", "--opts", nargs="+", default=[], metavar="KEY=VALUE",
                    help="overrides of the pipeline yaml, e.g. -o stages.1.iters=50 defaults.seed=1")
     return p.parse_args(argv)
+
+
+def _amp_flags(args):
+    """--precision / --amp_level / --amp as a stage's `amp` setting; None when none was given. A lone
+    --amp_level keeps each stage's precision."""
+    precision, level = launch.precision_from_args(args)
+    if precision is None and level is None:
+        return None
+    return {"precision": precision, "level": level}
 
 
 def main(argv):
@@ -626,7 +645,8 @@ def main(argv):
     raw, stages = load_pipeline(args.pipeline, args.opts)
     save_dir = args.save_dir or raw.get("save_dir") or os.path.join(
         "output", "pipeline", os.path.splitext(os.path.basename(args.pipeline))[0])
-    flags = {k: getattr(args, k) for k in RUN_KEYS}
+    flags = {k: getattr(args, k) for k in RUN_KEYS if k != "amp"}
+    flags["amp"] = _amp_flags(args)
     flags["allow_untrained_teacher"] = bool(args.allow_untrained_teacher)
     Pipeline(args.pipeline, stages, os.path.abspath(save_dir), flags).run()
     return 0

@@ -7,7 +7,11 @@
     (task_loss(out.student_out, labels) + out.loss).backward()
 
 The teacher is put in eval mode, its parameters get `stop_gradient=True` and it runs under
-`paddle.no_grad()`: it receives no gradient and keeps no activations for backward. The student may be
+`paddle.no_grad()`: it receives no gradient and keeps no activations for backward.
+
+Mixed precision: called under `paddle.amp.auto_cast`, the student, the teacher and the connectors run in
+the low precision; the compared tensors are cast to float32 and the losses computed with autocast off
+(slim/distill/precision.py), so every loss term is a float32 value. The student may be
 wrapped in `paddle.DataParallel`; connectors are then synchronised the same way.
 
 A loss with trainable parameters of its own (e.g. MGD's generator) trains with the student, like a
@@ -23,6 +27,7 @@ from .connectors import ConnectorSet, build_connector, connector_key, match_spat
 from .errors import ConfigError, LayerNotFoundError, NonFiniteLossError, ShapeMismatchError
 from .losses import build_loss
 from .pairs import AdaptorKey, parse_pairs
+from .precision import float32, float32_losses
 
 
 class DistillOutput:
@@ -246,14 +251,17 @@ class Distiller:
         t_feats = {p.name: [self._teacher.feature(s, p.name) for s in p.teacher] for p in self.pairs}
         self._apply_connectors(s_feats, t_feats)
         losses = OrderedDict()
-        for pair, loss_fn in zip(self.pairs, self.loss_fns):
-            s, t = self._align_spatial(pair, loss_fn, s_feats[pair.name], t_feats[pair.name])
-            s_feats[pair.name], t_feats[pair.name] = s, t
-            if getattr(loss_fn, "pair_arity", 1) == 1:
-                s, t = s[0], t[0]
-            extra = {"label": label} if getattr(loss_fn, "uses_label", False) else {}
-            losses[pair.name] = pair.weight * self._loss_runners.get(id(loss_fn), loss_fn)(s, t, **extra)
-        total = paddle.add_n(list(losses.values())) if losses else paddle.zeros([])
+        with float32_losses():  # under autocast: losses in fp32 (a float16 softmax overflows)
+            for pair, loss_fn in zip(self.pairs, self.loss_fns):
+                s, t = self._align_spatial(pair, loss_fn, s_feats[pair.name], t_feats[pair.name])
+                # where features reach the losses: float16/bfloat16 tensors become float32 (no-op in fp32)
+                s, t = float32(s), float32(t)
+                s_feats[pair.name], t_feats[pair.name] = s, t
+                if getattr(loss_fn, "pair_arity", 1) == 1:
+                    s, t = s[0], t[0]
+                extra = {"label": label} if getattr(loss_fn, "uses_label", False) else {}
+                losses[pair.name] = pair.weight * self._loss_runners.get(id(loss_fn), loss_fn)(s, t, **extra)
+            total = paddle.add_n(list(losses.values())) if losses else paddle.zeros([])
         out = DistillOutput(student_out, teacher_out, losses, total, s_feats, t_feats)
         if _check and self.check_finite and losses and not bool(paddle.isfinite(total)):
             raise NonFiniteLossError(self._explain_non_finite(out))

@@ -34,7 +34,10 @@ def format_eta(seconds):
 
 
 class LoggerHook(Hook):
-    """A `[TRAIN]` line every `log_iters`: each loss term, lr, batch_cost, reader_cost, ips and ETA."""
+    """A `[TRAIN]` line every `log_iters`: each loss term, lr, batch_cost, reader_cost, ips and ETA.
+
+    The loss values are read from the device only here, once per line (`trainer.take_losses()`); on a GPU the
+    batch_cost of the steps in between is the time to queue their work, averaged over the line it is right."""
 
     def __init__(self, log_iters=10):
         self.log_iters = max(int(log_iters), 1)
@@ -44,16 +47,20 @@ class LoggerHook(Hook):
         self.sums, self.count, self.batch_cost, self.reader_cost, self.samples = {}, 0, 0.0, 0.0, 0
 
     def after_step(self, trainer):
-        for name, value in trainer.last_losses.items():
-            self.sums[name] = self.sums.get(name, 0.0) + value
         self.count += 1
         self.batch_cost += trainer.last_batch_cost
         self.reader_cost += trainer.last_reader_cost
         self.samples += trainer.last_batch_size
         if trainer.iter % self.log_iters and trainer.iter != trainer.max_iters:
             return
+        # the loss values of the steps since the last line: one read from the device (and the NaN/Inf check)
+        rows = trainer.take_losses()
+        for _, values in rows:
+            for name, value in values.items():
+                self.sums[name] = self.sums.get(name, 0.0) + value
         n = max(self.count, 1)
-        means = {k: v / n for k, v in self.sums.items()}
+        skipped = self.count - len(rows)  # fp16: steps the loss scaler skipped (their losses are not averaged)
+        means = {k: v / max(len(rows), 1) for k, v in self.sums.items()}
         batch_cost = self.batch_cost / n
         ips = self.samples * env.world_size() / max(self.batch_cost, 1e-9)
         eta = format_eta((trainer.max_iters - trainer.iter) * batch_cost)
@@ -61,7 +68,8 @@ class LoggerHook(Hook):
         trainer.log(f"[TRAIN] epoch: {trainer.epoch + 1}, iter: {trainer.iter}/{trainer.max_iters}, "
                     f"loss: {means.get('loss', 0.0):.5f}" + (f" ({terms})" if terms else "")
                     + f", lr: {trainer.current_lr():.6f}, batch_cost: {batch_cost:.4f}, "
-                    f"reader_cost: {self.reader_cost / n:.5f}, ips: {ips:.4f} samples/sec | ETA {eta}")
+                    f"reader_cost: {self.reader_cost / n:.5f}, ips: {ips:.4f} samples/sec | ETA {eta}"
+                    + (f" | {skipped} step(s) skipped by the fp16 loss scaler" if skipped > 0 else ""))
         trainer.record_scalars({f"Train/{k}": v for k, v in means.items()}, trainer.iter)
         trainer.record_scalars({"Train/lr": trainer.current_lr(), "Train/batch_cost": batch_cost,
                                 "Train/reader_cost": self.reader_cost / n}, trainer.iter)

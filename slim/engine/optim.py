@@ -101,8 +101,9 @@ def _param_groups(named_params, custom_cfg, base_decay):
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(cfg, named_params, lr):
-    """An optimizer over the trainable (`stop_gradient=False`) parameters among `named_params`."""
+def build_optimizer(cfg, named_params, lr, multi_precision=False):
+    """An optimizer over the trainable (`stop_gradient=False`) parameters among `named_params`.
+    `multi_precision`: float32 master weights for low-precision parameters (mixed precision O2)."""
     opt_cfg = dict(cfg.get("optimizer") or {"type": "SGD", "momentum": 0.9})
     kind = str(opt_cfg.pop("type", "SGD"))
     if kind.lower() == "sgd" and opt_cfg.get("momentum"):
@@ -126,6 +127,8 @@ def build_optimizer(cfg, named_params, lr):
     if decay is not None:
         opt_cfg["weight_decay"] = float(decay)
     params = _param_groups(trainable, opt_cfg.pop("custom_cfg", None), decay)
+    if multi_precision and name != "RMSProp":
+        opt_cfg["multi_precision"] = True
     try:
         return getattr(paddle.optimizer, name)(learning_rate=lr, parameters=params, **opt_cfg)
     except TypeError as e:

@@ -10,6 +10,15 @@ Checkpoints hold the student alone in model.pdparams; connectors, optimizer, sch
 and the iteration are saved beside it, so `resume_model` continues exactly where a run stopped
 (`resume_model="auto"`: the newest complete checkpoint in save_dir, or a fresh start when there is none).
 With `ema:` in the config (ema.py), evaluation and model.pdparams use the moving average of the weights.
+Mixed precision (`precision`, `amp_level`; amp.py): fp16 or bf16 for student and teacher, losses in fp32; a
+fp16 run's loss scale is saved in train_state.pdstates and restored on resume.
+
+Host syncs: the loss terms of a step stay on the device (one stacked vector per step); they are read, in one
+transfer per log step, by `trainer.last_losses`, the LoggerHook (every `log_iters`), and before a checkpoint or
+an evaluation. A NaN/Inf loss therefore stops the run with NonFiniteLossError (naming the step and its terms)
+at the next log step, checkpoint or evaluation at the latest, never later than `log_iters` steps after it
+happened, and before any checkpoint holds the diverged weights. In fp16 a step the loss scaler skips is not an
+error; MAX_SKIPPED_STEPS (amp.py) skipped steps in a row are.
 
 Stopping: SIGTERM, SIGUSR1 and a first Ctrl-C (SIGINT) ask the run to stop. The current step finishes, a
 resumable `iter_N` is written (unless the periodic save just wrote it) and StopRequested is raised: the
@@ -18,6 +27,7 @@ without saving. Under `paddle.distributed.launch` every process stops at the sam
 set-up (before the first batch is loaded) signals act as usual: there is nothing to save yet.
 """
 import json
+import math
 import os
 import signal
 import threading
@@ -29,7 +39,9 @@ import paddle
 from slim.distill import Distiller
 from slim.distill.adaptor import unwrap
 from slim.distill.errors import ConfigError, NonFiniteLossError
+from slim.distill.precision import float32, float32_losses
 from . import env
+from .amp import MAX_SKIPPED_STEPS, Precision, as_dict, build_scaler, decorate_for_o2, train_step
 from .analysis import describe_model, describe_step_memory
 from .checkpoint import (MODEL_FILE, apply_state, check_save_dir_usable, find_latest_checkpoint, iter_checkpoints,
                          portable_optimizer_state, read_checkpoint, restore_optimizer_state, save_checkpoint,
@@ -116,7 +128,8 @@ class TrainOptions:
 
     def __init__(self, save_dir="output", log_iters=10, save_interval=1000, keep_checkpoint_max=5, do_eval=False,
                  eval_interval=None, use_vdl=False, num_workers=0, seed=None, resume_model=None,
-                 lr_scale=1.0, log_file="record.txt", overwrite=False, analyse=False):
+                 lr_scale=1.0, log_file="record.txt", overwrite=False, analyse=False, precision="fp32",
+                 amp_level="O1"):
         self.save_dir, self.log_iters, self.save_interval = save_dir, log_iters, save_interval
         self.keep_checkpoint_max, self.do_eval, self.use_vdl = keep_checkpoint_max, do_eval, use_vdl
         self.eval_interval = save_interval if eval_interval is None else eval_interval
@@ -124,6 +137,7 @@ class TrainOptions:
         self.lr_scale, self.log_file = lr_scale, log_file
         self.overwrite = overwrite  # a new run in a save_dir holding another: set the other aside first
         self.analyse = analyse  # log the measured memory of one training step at the start
+        self.precision, self.amp_level = precision or "fp32", amp_level or "O1"  # see amp.py
 
 
 def check_save_dir_is_free(save_dir, resume_model, overwrite=False, log_file="record.txt"):
@@ -166,7 +180,12 @@ class Trainer:
         self.iter = self.start_iter = 0
         self.epoch = 0
         self.best_metric, self.best_iter, self.last_eval_iter = None, None, None
-        self.last_losses, self.last_batch_cost, self.last_reader_cost, self.last_batch_size = {}, 0.0, 0.0, 0
+        self.last_batch_cost, self.last_reader_cost, self.last_batch_size = 0.0, 0.0, 0
+        self._pending = []  # (iteration, StepLosses) of steps whose losses are still on the device
+        self._read = []  # (iteration, OrderedDict name -> float) read but not yet taken by take_losses()
+        self._last_read = OrderedDict()
+        self.skipped_in_a_row = 0  # fp16: steps in a row the loss scaler skipped
+        self.precision, self.scaler = Precision("fp32"), None
         self.vdl_writer = None
         self.ema = None
         self._log_file = None
@@ -227,11 +246,15 @@ class Trainer:
         if self.teacher is not None:
             self.log(describe_model("teacher", self.teacher, args, kwargs))
 
+        self.precision = Precision(getattr(opts, "precision", "fp32"), getattr(opts, "amp_level", "O1"))
+        self.log(self.precision.describe())
+        decorate_for_o2(self.precision, unwrap(self.student), self.teacher)  # before DataParallel wraps it
         model = paddle.DataParallel(self.student) if world > 1 else self.student
         self.model = model
         self.distiller = None
         if self.teacher is not None:
-            self.distiller = Distiller(model, self.teacher, self.pairs, *self.adaptors)
+            # finiteness is checked by the trainer at log steps (no host sync per step)
+            self.distiller = Distiller(model, self.teacher, self.pairs, *self.adaptors, check_finite=False)
             if example is not None:
                 self.distiller.build(*args, label=self.task.distill_label(example), **kwargs)
             for pair in self.distiller.pairs:
@@ -247,7 +270,9 @@ class Trainer:
         if self.distiller is not None:
             named += self.distiller.named_extra_parameters()  # connectors, trainable loss layers
         self.named_params = named
-        self.optimizer = build_optimizer(self.settings, named, self.lr)
+        self.optimizer = build_optimizer(self.settings, named, self.lr,
+                                         multi_precision=self.precision.enabled and self.precision.level == "O2")
+        self.scaler = build_scaler(self.precision)
         ema = ema_settings(self.settings.get("ema"))
         self.ema = ModelEMA(unwrap(self.student), **ema) if ema else None
         if self.ema is not None:
@@ -329,6 +354,13 @@ class Trainer:
             self.distiller.set_connector_state_dict(ckpt["connectors"])
         self.optimizer.set_state_dict(restore_optimizer_state(ckpt["optimizer"], self.named_params))
         state = ckpt["state"]
+        if self.scaler is not None:
+            if state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+                self.skipped_in_a_row = int(state.get("skipped_in_a_row", 0))
+            else:
+                self.log(f"{path} holds no loss-scale state (it was saved by a run without fp16): the loss scale "
+                         f"starts again from its initial value")
         self.iter = self.start_iter = int(state["iter"])
         self.best_metric, self.best_iter = state.get("best_metric"), state.get("best_iter")
         env.set_rng_state(state["rng"][env.rank()] if isinstance(state["rng"], list) else state["rng"])
@@ -375,8 +407,9 @@ class Trainer:
                 self.last_reader_cost = time.perf_counter() - t0
                 self.epoch = self.stream.epoch
                 self.task.set_epoch(self.epoch)
-                self.last_losses = self.run_step(batch)
+                step = self.run_step(batch)
                 self.iter += 1
+                self._add_step(step)
                 self.last_batch_cost = time.perf_counter() - t0
                 self.last_batch_size = self.task.batch_size_of(batch)
                 self._call("after_step")
@@ -455,32 +488,100 @@ class Trainer:
             self.model.train()
 
     def run_step(self, batch):
+        """One training step (amp.train_step); returns its StepLosses, still on the device."""
         args, kwargs = self.task.model_inputs(batch, "train")
-        terms = OrderedDict()
-        if self.distiller is not None:
-            out = self.distiller(*args, label=self.task.distill_label(batch), **kwargs)
-            student_out, distill_terms = out.student_out, out.losses
-        else:
-            student_out, distill_terms = self.model(*args, **kwargs), {}
-        terms.update(self.task_loss(student_out, batch))
-        terms.update(distill_terms)
-        loss = paddle.add_n(list(terms.values()))
-        if not bool(paddle.isfinite(loss)):
-            values = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
-            raise NonFiniteLossError(
-                f"The training loss became {float(loss)} at iteration {self.iter + 1} ({values}). Lower the "
-                f"learning rate or the weight of the diverging term, check the data, or resume from the "
-                f"last checkpoint in {self.save_dir}.")
-        loss.backward()
-        self.optimizer.step()
-        self.optimizer.clear_grad()
+        low = self.precision.enabled
+
+        def forward():
+            terms = OrderedDict()
+            if self.distiller is not None:
+                out = self.distiller(*args, label=self.task.distill_label(batch), **kwargs)
+                student_out, distill_terms = out.student_out, out.losses
+            else:
+                student_out, distill_terms = self.model(*args, **kwargs), {}
+            if low:  # the task's losses in fp32 too
+                with float32_losses():
+                    terms.update(self.task_loss(float32(student_out), batch))
+            else:
+                terms.update(self.task_loss(student_out, batch))
+            terms.update(distill_terms)
+            return terms
+
+        step = train_step(forward, self.optimizer, self.precision, self.scaler)
         if self.ema is not None:
             self.ema.update(unwrap(self.student))
         if isinstance(self.lr, paddle.optimizer.lr.LRScheduler):
             self.lr.step()
-        values = OrderedDict(loss=float(loss))
-        values.update((k, float(v)) for k, v in terms.items())
-        return values
+        return step
+
+    # ----- loss values: read from the device at log steps ----------------------------------------
+    def _add_step(self, step):
+        if step is None:
+            return
+        if isinstance(step, dict):  # a run_step returning host values (floats) is accepted as they are
+            self._read.append((self.iter, OrderedDict(step)))
+            self._last_read = self._read[-1][1]
+            return
+        self._pending.append((self.iter, step))
+        if self.scaler is not None:
+            self.skipped_in_a_row = self.skipped_in_a_row + 1 if step.skipped else 0
+            if self.skipped_in_a_row >= MAX_SKIPPED_STEPS:
+                self.read_losses()  # the values, for the message
+                raise NonFiniteLossError(
+                    f"The loss scaler skipped {self.skipped_in_a_row} steps in a row (NaN or Inf loss or "
+                    f"gradients) up to iteration {self.iter} ({self._format_terms(self._last_read)}). Lower the "
+                    f"learning rate or the weight of the diverging term, check the data, train in fp32 or bf16, "
+                    f"or resume from the last checkpoint in {self.save_dir}.")
+
+    @staticmethod
+    def _format_terms(values):
+        return ", ".join(f"{k}={v:.4g}" for k, v in values.items() if k != "loss")
+
+    def read_losses(self):
+        """Bring the pending loss values to the host (one transfer) and check them: a NaN/Inf loss raises
+        NonFiniteLossError naming the first such step and its terms (in fp16, steps the scaler skipped are
+        left out instead: see amp.py)."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        names = pending[0][1].names
+        if all(p.names == names for _, p in pending):
+            if len(pending) > 1:
+                with paddle.no_grad():
+                    rows = paddle.stack([p.values for _, p in pending]).numpy()
+            else:
+                rows = pending[0][1].values.numpy()[None]
+            values = [as_dict(names, row) for row in rows]
+        else:  # the terms changed between steps (rare): one transfer per step
+            values = [p.read() for _, p in pending]
+        for (iteration, step), row in zip(pending, values):
+            finite = all(math.isfinite(v) for v in row.values())
+            if not finite and self.scaler is not None and step.skipped:
+                continue  # skipped by the loss scaler: not logged, not an error (MAX_SKIPPED_STEPS is)
+            if not finite:
+                loss = row.get("loss", float("nan"))
+                raise NonFiniteLossError(
+                    f"The training loss became {loss} at iteration {iteration} ({self._format_terms(row)}). "
+                    f"Lower the learning rate or the weight of the diverging term, check the data, or resume from "
+                    f"the last checkpoint in {self.save_dir}. (Losses are checked every log step, "
+                    f"--log_iters {getattr(self.options, 'log_iters', 1)}, and before checkpoints; this was "
+                    f"found after iteration {self.iter}.)")
+            self._read.append((iteration, row))
+            self._last_read = row
+
+    def take_losses(self):
+        """The loss values of the steps since the previous call, [(iteration, OrderedDict)], read and checked
+        (the LoggerHook averages them at its log steps)."""
+        self.read_losses()
+        taken, self._read = self._read, []
+        return taken
+
+    @property
+    def last_losses(self):
+        """The loss values of the last step (name -> float; `loss` first), read from the device (a host sync:
+        hooks that read it every step bring one back)."""
+        self.read_losses()
+        return self._last_read
 
     # ----- checkpoints and evaluation ---------------------------------------------------------------
     def has_checkpoint(self, iteration):
@@ -492,8 +593,12 @@ class Trainer:
             gathered = []
             paddle.distributed.all_gather_object(gathered, rng)
             rng = gathered
-        return {"iter": self.iter, "epoch": self.epoch, "best_metric": self.best_metric,
-                "best_iter": self.best_iter, "rng": rng, "max_iters": self.max_iters}
+        state = {"iter": self.iter, "epoch": self.epoch, "best_metric": self.best_metric,
+                 "best_iter": self.best_iter, "rng": rng, "max_iters": self.max_iters}
+        if self.scaler is not None:  # fp16: the loss scale and its counters, restored on resume
+            state["scaler"] = self.scaler.state_dict()
+            state["skipped_in_a_row"] = self.skipped_in_a_row
+        return state
 
     def model_state(self):
         """The student's weights as saved and evaluated: the moving average when `ema:` is on."""
@@ -501,6 +606,7 @@ class Trainer:
         return self.ema.averaged_state(model) if self.ema is not None else model.state_dict()
 
     def save_checkpoint(self, name=None, metrics=None, full=True):
+        self.read_losses()  # a diverged run stops here rather than save NaN weights
         state = self._train_state() if full else None
         path = os.path.join(self.save_dir, name or f"iter_{self.iter}")
         if env.is_main_process():
@@ -533,6 +639,7 @@ class Trainer:
         return metrics
 
     def evaluate_and_track_best(self):
+        self.read_losses()
         self.last_eval_iter = self.iter
         metrics = None
         if env.is_main_process():
