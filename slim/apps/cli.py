@@ -13,47 +13,21 @@ of slim/apps/ as its `tools/*.py` (or `slim/distill/distill_train.py`) script do
     slim-demo           tools/demo.py      each task's demo, end to end
 """
 import importlib
+from functools import partial
 
 
 def _cli(module):
     return importlib.import_module(f"slim.apps.{module}").cli()
 
 
-def distill():
-    return _cli("distill")
-
-
-def train():
-    return _cli("train")
-
-
-def evaluate():
-    return _cli("evaluate")
-
-
-def predict():
-    return _cli("predict")
-
-
-def infer():
-    return _cli("infer")
-
-
-def export():
-    return _cli("export")
-
-
-def list_layers():
-    return _cli("list_layers")
-
-
-def prune_layers():
-    return _cli("prune_layers")
-
-
-def prepare_data():
-    return _cli("prepare_data")
-
-
-def demo():
-    return _cli("demo")
+# each console script calls one of these (pyproject.toml)
+distill = partial(_cli, "distill")
+train = partial(_cli, "train")
+evaluate = partial(_cli, "evaluate")
+predict = partial(_cli, "predict")
+infer = partial(_cli, "infer")
+export = partial(_cli, "export")
+list_layers = partial(_cli, "list_layers")
+prune_layers = partial(_cli, "prune_layers")
+prepare_data = partial(_cli, "prepare_data")
+demo = partial(_cli, "demo")

@@ -23,7 +23,8 @@ error; MAX_SKIPPED_STEPS (amp.py) skipped steps in a row are.
 Stopping: SIGTERM, SIGUSR1 and a first Ctrl-C (SIGINT) ask the run to stop. The current step finishes, a
 resumable `iter_N` is written (unless the periodic save just wrote it) and StopRequested is raised: the
 command exits with 128 + the signal's number (SIGTERM: 143, Ctrl-C: 130). A second Ctrl-C interrupts at once,
-without saving. Under `paddle.distributed.launch` every process stops at the same iteration. During the
+without saving. Under `paddle.distributed.launch` every process stops at the same iteration: the processes
+agree at the next log step (every `log_iters` iterations), where the losses are read anyway. During the
 set-up (before the first batch is loaded) signals act as usual: there is nothing to save yet.
 """
 import json
@@ -413,7 +414,7 @@ class Trainer:
                 self.last_batch_cost = time.perf_counter() - t0
                 self.last_batch_size = self.task.batch_size_of(batch)
                 self._call("after_step")
-                if self.iter < self.max_iters:
+                if self.iter < self.max_iters and self._stop_check_due():
                     signum = self._agreed_stop()
                     if signum:
                         self._stop(signum)
@@ -438,6 +439,12 @@ class Trainer:
         if self.best_metric is not None:
             self.log(f"best {self.task.primary_metric} {self.best_metric:.4f} at iteration {self.best_iter}, "
                      f"saved in {os.path.join(self.save_dir, 'best_model')}")
+
+    def _stop_check_due(self):
+        """One process looks at its flag after every step (no sync). Several processes agree only at log
+        steps (every log_iters iterations), where the losses are read anyway, so the agreement adds no host
+        sync to the other steps; a stop request is honoured there."""
+        return self.world == 1 or self.iter % max(int(self.options.log_iters), 1) == 0
 
     def _agreed_stop(self):
         """The signal asking to stop (0: none). Several processes agree with a max all-reduce, so that all
@@ -516,12 +523,6 @@ class Trainer:
 
     # ----- loss values: read from the device at log steps ----------------------------------------
     def _add_step(self, step):
-        if step is None:
-            return
-        if isinstance(step, dict):  # a run_step returning host values (floats) is accepted as they are
-            self._read.append((self.iter, OrderedDict(step)))
-            self._last_read = self._read[-1][1]
-            return
         self._pending.append((self.iter, step))
         if self.scaler is not None:
             self.skipped_in_a_row = self.skipped_in_a_row + 1 if step.skipped else 0
