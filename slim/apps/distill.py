@@ -32,6 +32,7 @@ def parse_args(argv=None):
     p.add_argument("--teacher_pretrained", default=None, help="teacher weights (overrides model.pretrained)")
     p.add_argument("--allow_untrained_teacher", action="store_true",
                    help="run with a randomly initialised teacher (pipeline tests only)")
+    launch.add_teacher_cache_flags(p)
     p.add_argument("--pipeline", default=None, metavar="P.yml",
                    help="run a pipeline of stages instead (see slim/apps/pipeline.py; `--pipeline P.yml --help`)")
     launch.add_common_flags(p)
@@ -98,8 +99,12 @@ def run(args, task, cfg, allow_untrained=False):
     pairs, adaptors = distill_pairs(task, cfg, teacher_cfg, extra, notes)
     save_dir = args.save_dir or launch.run_folder_name(task, cfg, teacher_cfg, pairs)
     student = launch.build_student(task, cfg, args.init_weights, log=notes.append)
-    teacher = launch.build_teacher(task, teacher_cfg, weights, allow_untrained, log=notes.append, key=key)
-    task.prepare_pair(student, teacher, cfg, log=notes.append)
+    if getattr(args, "teacher_cache", None):  # built when an entry is missing (slim/engine/teacher_cache.py)
+        teacher = launch.teacher_source(task, teacher_cfg, weights, allow_untrained, notes.append, key, student,
+                                        cfg, seed=args.seed)
+    else:
+        teacher = launch.build_teacher(task, teacher_cfg, weights, allow_untrained, log=notes.append, key=key)
+        task.prepare_pair(student, teacher, cfg, log=notes.append)
     launch.train(task, cfg, student, teacher, pairs, adaptors, launch.options_from_args(args, save_dir), notes)
 
 

@@ -61,6 +61,9 @@ def add_common_flags(parser):
     p.add_argument("--log_iters", type=positive_int, default=10)
     p.add_argument("--use_vdl", action="store_true", help="write VisualDL scalars to SAVE_DIR/vdl")
     p.add_argument("--seed", type=non_negative_int, default=None)
+    p.add_argument("--data_seed", type=non_negative_int, default=None,
+                   help="seed of the sample order and the random augmentations (default: --seed); students of "
+                        "several --seed values then see the same views (and share a --teacher_cache)")
     p.add_argument("--device", default=None, help="cpu, gpu or gpu:N (default: GPU when available)")
     p.add_argument("--init_weights", default=None, help="start the student from these weights")
     p.add_argument("--analyse", "--analyze", action="store_true", help="log the memory of a training step "
@@ -149,6 +152,51 @@ def build_teacher(task, cfg, weights=None, allow_untrained=False, log=print, key
     return freeze_teacher(model)
 
 
+def add_teacher_cache_flags(parser):
+    p = parser
+    p.add_argument("--teacher_cache", default=None, metavar="DIR",
+                   help="store the teacher's tensors of each training sample in DIR, and read them from there in "
+                        "later runs instead of running the teacher (see slim/engine/teacher_cache.py)")
+    p.add_argument("--teacher_cache_dtype", choices=("float16", "float32"), default="float16",
+                   help="storage of the cached tensors (default float16; float32 is exact)")
+    p.add_argument("--teacher_cache_topk", type=positive_int, default=None, metavar="K",
+                   help="classification: store the K largest logits of each sample and one value for the rest")
+    p.add_argument("--teacher_cache_rebuild", action="store_true",
+                   help="when DIR was filled for another teacher, data or settings: delete its entries and refill")
+
+
+def teacher_source(task, teacher_cfg, weights=None, allow_untrained=False, log=print, key=None, student=None,
+                   cfg=None, seed=None):
+    """The teacher of a run with a teacher-output cache: its fingerprint now (the weights file hashed, fetched
+    once when named by URL), the model built only when the trainer needs it (an entry is missing), then
+    prepared with the student as usual. Built at once when the task changes the student from the teacher."""
+    from slim.engine.teacher_cache import TeacherSource, file_part, part
+    key = key or ("--teacher_pretrained" if weights else task.pretrained_key)
+    path = weights or task.pretrained_path(teacher_cfg)
+    with task.logging_to(log):
+        if path:
+            weights_part = file_part(task.local_weights(path, key))
+        elif allow_untrained:
+            weights_part = part(f"untrained (random initialisation from --seed {seed})")
+        else:
+            return build_teacher(task, teacher_cfg, weights, allow_untrained, log, key)  # its error
+    parts = {"teacher weights": weights_part,
+             "teacher model": part(f"{task.run_name(teacher_cfg)} config", task.teacher_model_config(teacher_cfg))}
+
+    def build(log_to):
+        teacher = build_teacher(task, teacher_cfg, weights, allow_untrained, log=log_to, key=key)
+        if student is not None:
+            task.prepare_pair(student, teacher, cfg, log=log_to)
+        return teacher
+
+    model = None
+    if student is not None and task.pair_needs_teacher(cfg):
+        model = build(log)
+        log("teacher built before training: the student is prepared from it (head_from_teacher / "
+            "embedding_projection); with the cache it still runs only for missing entries")
+    return TeacherSource(build, parts, model)
+
+
 def options_from_args(args, save_dir):
     precision, level = precision_from_args(args)
     return TrainOptions(save_dir=save_dir, log_iters=args.log_iters, save_interval=args.save_interval,
@@ -156,7 +204,12 @@ def options_from_args(args, save_dir):
                         eval_interval=args.eval_interval, use_vdl=args.use_vdl, num_workers=args.num_workers,
                         seed=args.seed, resume_model=args.resume_model,
                         overwrite=getattr(args, "overwrite", False), analyse=getattr(args, "analyse", False),
-                        precision=precision or "fp32", amp_level=level or "O1")
+                        precision=precision or "fp32", amp_level=level or "O1",
+                        data_seed=getattr(args, "data_seed", None),
+                        teacher_cache=getattr(args, "teacher_cache", None),
+                        teacher_cache_dtype=getattr(args, "teacher_cache_dtype", "float16"),
+                        teacher_cache_topk=getattr(args, "teacher_cache_topk", None),
+                        teacher_cache_rebuild=getattr(args, "teacher_cache_rebuild", False))
 
 
 def _fmt_number(value):

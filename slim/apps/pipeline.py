@@ -38,8 +38,9 @@ Other stage keys: `opts` (student config overrides, like -o), `distill` (pairs) 
 (replacing the student config's), `distill_layers_teacher_blocks` (the teacher's block list, default
 `distill_layers_blocks`, itself defaulting to `block_list`), `distill_layers_loss` ({type: L2Loss}),
 `distill_layers_weight`, `distill_layers_align`, `freeze`, `handoff` (last | best: which weights the next
-stage gets; removal stages always hand off their last ones), and the run settings `seed`,
-`save_interval`, `log_iters`, `do_eval`, `eval_interval`, `keep_checkpoint_max`, `num_workers`, `use_vdl`,
+stage gets; removal stages always hand off their last ones), `teacher_cache` (a folder, or {dir, dtype,
+topk, rebuild}: the teacher's outputs stored and reused, slim/engine/teacher_cache.py), and the run
+settings `seed`, `data_seed`, `save_interval`, `log_iters`, `do_eval`, `eval_interval`, `keep_checkpoint_max`, `num_workers`, `use_vdl`,
 `amp` (mixed precision: `amp: {precision: fp16, level: O1}`, precision fp32, fp16 or bf16, level O1 or O2;
 see slim/engine/amp.py; --precision / --amp_level / --amp on the command line).
 Priority: command-line flags > the stage > `defaults`. Config paths are read from the working directory,
@@ -72,15 +73,16 @@ from . import launch
 
 STATE_FILE = "pipeline_state.json"
 RUN_KEYS = ("seed", "save_interval", "log_iters", "do_eval", "eval_interval", "keep_checkpoint_max",
-            "num_workers", "use_vdl", "amp")
+            "num_workers", "use_vdl", "amp", "data_seed")
 STAGE_KEYS = {
     "name", "student", "teacher", "init", "iters", "epochs", "opts", "distill", "distill_loss",
     "remove_layers", "block_list", "remove_iters", "cut", "distill_layers", "distill_layers_student",
     "distill_layers_teacher", "distill_layers_blocks", "distill_layers_teacher_blocks", "distill_layers_loss",
-    "distill_layers_weight", "distill_layers_align", "freeze", "trainable", "handoff", *RUN_KEYS,
+    "distill_layers_weight", "distill_layers_align", "freeze", "trainable", "handoff", "teacher_cache", *RUN_KEYS,
 }
+CACHE_KEYS = {"dir", "dtype", "topk", "rebuild"}
 RUN_DEFAULTS = {"seed": None, "save_interval": 1000, "log_iters": 10, "do_eval": False, "eval_interval": None,
-                "keep_checkpoint_max": 5, "num_workers": 0, "use_vdl": False, "amp": None}
+                "keep_checkpoint_max": 5, "num_workers": 0, "use_vdl": False, "amp": None, "data_seed": None}
 
 
 def handed_weights(record):
@@ -117,6 +119,7 @@ class Stage:
             raise ConfigError(f"{where} has no `student` (the student's config yaml).")
         self.student = raw["student"] if raw["student"] == "previous" else find_file(raw["student"], f"{where}: student")
         self.teacher = self._teacher(raw.get("teacher"), find_file)
+        self.teacher_cache = self._teacher_cache(raw.get("teacher_cache"))
         self.init = raw.get("init")
         if self.init == "teacher" and self.teacher is None:
             raise ConfigError(f"{where}: `init: teacher` but the stage has no teacher.")
@@ -190,6 +193,21 @@ class Stage:
             if _is_stage_ref(ref) and ref["stage"] not in self.earlier:
                 raise ConfigError(f"{self.where}: `{key}` refers to stage {ref['stage']!r}, which does not run "
                                   f"before it (earlier stages: {', '.join(self.earlier) or 'none'}).")
+
+    def _teacher_cache(self, value):
+        """`teacher_cache: DIR` or {dir: DIR, dtype: float16, topk: K, rebuild: false} -> a dict, or None."""
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = {"dir": value}
+        if not isinstance(value, dict) or not value.get("dir"):
+            raise ConfigError(f"{self.where}: `teacher_cache` must be a folder or a mapping with `dir` (and optionally "
+                              f"dtype, topk, rebuild), got {value!r}")
+        check_keys(value, CACHE_KEYS, f"{self.where}: teacher_cache")
+        if self.teacher is None:
+            raise ConfigError(f"{self.where}: `teacher_cache` needs a teacher; set `teacher:` or drop it.")
+        return {"dir": str(value["dir"]), "dtype": str(value.get("dtype", "float16")), "topk": value.get("topk"),
+                "rebuild": bool(value.get("rebuild", False))}
 
     def _teacher(self, value, find_file):
         if value is None:
@@ -329,7 +347,8 @@ class Pipeline:
                             keep_checkpoint_max=run["keep_checkpoint_max"], do_eval=bool(run["do_eval"]),
                             eval_interval=run["eval_interval"], use_vdl=bool(run["use_vdl"]),
                             num_workers=run["num_workers"], seed=run["seed"], resume_model=resume,
-                            precision=precision, amp_level=level)
+                            precision=precision, amp_level=level, data_seed=run["data_seed"],
+                            **_cache_options(stage.teacher_cache))
 
     # ----- references ---------------------------------------------------------------------------------
     def _record(self, stage, ref, key):
@@ -607,6 +626,8 @@ def parse_args(argv):
     p.add_argument("--save_dir", default=None, help="pipeline folder (default: the yaml's save_dir, else "
                    "output/pipeline/<yaml name>); rerunning with the same folder continues the pipeline")
     p.add_argument("--seed", type=launch.non_negative_int, default=None)
+    p.add_argument("--data_seed", type=launch.non_negative_int, default=None,
+                   help="seed of the sample order and augmentations (default: --seed)")
     p.add_argument("--device", default=None)
     p.add_argument("--log_iters", type=launch.positive_int, default=None)
     p.add_argument("--save_interval", type=launch.positive_int, default=None)
@@ -621,6 +642,15 @@ def parse_args(argv):
     p.add_argument("-o", "--opts", nargs="+", default=[], metavar="KEY=VALUE",
                    help="overrides of the pipeline yaml, e.g. -o stages.1.iters=50 defaults.seed=1")
     return p.parse_args(argv)
+
+
+def _cache_options(cache):
+    """TrainOptions' teacher-cache settings from a stage's `teacher_cache` (the teacher is built for the stage,
+    and runs only for the entries the cache lacks)."""
+    if not cache:
+        return {}
+    return {"teacher_cache": cache["dir"], "teacher_cache_dtype": cache["dtype"], "teacher_cache_topk": cache["topk"],
+            "teacher_cache_rebuild": cache["rebuild"]}
 
 
 def _amp_flags(args):

@@ -10,6 +10,8 @@ Public names (kept stable; README "Use it in your own training loop"):
                                 losses with trainable parameters (e.g. MGD's generator)
         (*inputs, label=None)   -> DistillOutput: student_out, teacher_out, losses (name -> weighted 0-D
                                    tensor), loss (their sum)
+        .teacher_features(*inputs)  the teacher alone -> {name: tensor} (teacher_tensor_names()); pass
+                                them back as (*inputs, teacher_features=...) to skip the teacher (a cache)
     parse_pairs(spec)           yaml `distill:` list, prepare_distill_config() list, PaddleSlim DistillConfig
                                 list, or a yaml path -> [Pair]
     build_loss({type: NAME, ...}), losses.register_loss(NAME, *aliases)   the loss registry

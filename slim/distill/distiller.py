@@ -14,6 +14,11 @@ the low precision; the compared tensors are cast to float32 and the losses compu
 (slim/distill/precision.py), so every loss term is a float32 value. The student may be
 wrapped in `paddle.DataParallel`; connectors are then synchronised the same way.
 
+Teacher tensors from elsewhere (a teacher-output cache): `teacher_features(*inputs)` runs the teacher alone
+and returns the tensors the pairs compare, by name (`teacher_tensor_names()`: one per distinct teacher
+source, before connectors); `distiller(*inputs, teacher_features=those)` then skips the teacher. With
+`teacher=None` and a `teacher_factory`, the teacher is built on first use only (`ensure_teacher()`).
+
 A loss with trainable parameters of its own (e.g. MGD's generator) trains with the student, like a
 connector: its parameters are in `parameters()` / `named_extra_parameters()` (`loss_layers.<pair>.<name>`)
 and its state is saved and restored with the connectors' (`connector_state_dict()`).
@@ -26,7 +31,7 @@ from .adaptor import AdaptorBase, FeatureRecorder, LayerRef, find_sublayer, unwr
 from .connectors import ConnectorSet, build_connector, connector_key, match_spatial
 from .errors import ConfigError, LayerNotFoundError, NonFiniteLossError, ShapeMismatchError
 from .losses import build_loss
-from .pairs import AdaptorKey, parse_pairs
+from .pairs import AdaptorKey, parse_pairs, source_name
 from .precision import float32, float32_losses
 
 
@@ -131,9 +136,12 @@ class Distiller:
     """
 
     def __init__(self, student, teacher, distill_config, StudentAdaptor=None, TeacherAdaptor=None,
-                 check_finite=True):
+                 check_finite=True, teacher_factory=None):
         self.student = student
-        self.teacher = freeze_teacher(teacher)
+        if teacher is None and teacher_factory is None:
+            raise ConfigError("Distiller needs a teacher model (or a teacher_factory that builds it).")
+        self.teacher = freeze_teacher(teacher) if teacher is not None else None
+        self._teacher_factory, self._teacher_adaptor = teacher_factory, TeacherAdaptor
         self.pairs = parse_pairs(distill_config)
         self.loss_fns = [build_loss(p.loss) for p in self.pairs]
         # losses with trainable parameters: trained, saved and synchronised like connectors
@@ -149,8 +157,9 @@ class Distiller:
                                   f"got {len(pair.student)} student and {len(pair.teacher)} teacher.")
         self._student = _Side("student", student, StudentAdaptor,
                               [s for p in self.pairs for s in p.student])
-        self._teacher = _Side("teacher", self.teacher, TeacherAdaptor,
-                              [s for p in self.pairs for s in p.teacher])
+        self._teacher = None
+        if self.teacher is not None:
+            self._make_teacher_side()
         self.connectors = ConnectorSet()
         self._connector_runner = self.connectors
         self._needs_build = False
@@ -166,6 +175,44 @@ class Distiller:
         if not self._needs_build:
             self._wrap_connectors_for_data_parallel()
         self.check_finite = check_finite
+
+    def _make_teacher_side(self):
+        self._teacher = _Side("teacher", self.teacher, self._teacher_adaptor,
+                              [s for p in self.pairs for s in p.teacher])
+
+    @property
+    def teacher_built(self):
+        return self._teacher is not None
+
+    def ensure_teacher(self):
+        """Build the teacher with the factory when it has not been built yet; returns it."""
+        if self._teacher is None:
+            self.teacher = freeze_teacher(self._teacher_factory())
+            self._make_teacher_side()
+        return self.teacher
+
+    def teacher_tensor_names(self):
+        """The distinct teacher tensors the pairs compare, by name, in pair order."""
+        names = []
+        for pair in self.pairs:
+            for source in pair.teacher:
+                if source_name(source) not in names:
+                    names.append(source_name(source))
+        return names
+
+    def teacher_features(self, *inputs, **kwargs):
+        """Run the teacher alone (no_grad) -> OrderedDict name -> tensor of every teacher tensor the pairs
+        compare, as captured (before connectors, resizing or casts)."""
+        self.ensure_teacher()
+        with paddle.no_grad():
+            self._teacher.forward(inputs, kwargs)
+        feats = OrderedDict()
+        for pair in self.pairs:
+            for source in pair.teacher:
+                name = source_name(source)
+                if name not in feats:
+                    feats[name] = self._teacher.feature(source, pair.name)
+        return feats
 
     # ----- parameters and state -------------------------------------------------------------------
     def parameters(self):
@@ -210,14 +257,15 @@ class Distiller:
         self.student.train()
         self.connectors.train()
         self.loss_layers.train()
-        self.teacher.eval()
+        if self.teacher is not None:
+            self.teacher.eval()
 
     def eval(self):
         self.student.eval()
         self.connectors.eval()
         self.loss_layers.eval()
 
-    def build(self, *inputs, teacher_inputs=None, **kwargs):
+    def build(self, *inputs, teacher_inputs=None, teacher_features=None, **kwargs):
         """Run one forward without gradients or BN updates to create connectors of inferred width."""
         if not self._needs_build:
             return self
@@ -225,7 +273,8 @@ class Distiller:
         self.student.eval()
         try:
             with paddle.no_grad():
-                self(*inputs, teacher_inputs=teacher_inputs, _check=False, **kwargs)
+                self(*inputs, teacher_inputs=teacher_inputs, teacher_features=teacher_features, _check=False,
+                     **kwargs)
         finally:
             if training:
                 self.student.train()
@@ -234,7 +283,8 @@ class Distiller:
     def close(self):
         """Remove every hook this distiller put on the student and the teacher."""
         self._student.recorder.remove()
-        self._teacher.recorder.remove()
+        if self._teacher is not None:
+            self._teacher.recorder.remove()
 
     def __enter__(self):
         return self
@@ -243,12 +293,19 @@ class Distiller:
         self.close()
 
     # ----- the step ---------------------------------------------------------------------------------
-    def __call__(self, *inputs, label=None, teacher_inputs=None, _check=True, **kwargs):
+    def __call__(self, *inputs, label=None, teacher_inputs=None, teacher_features=None, _check=True, **kwargs):
         student_out = self._student.forward(inputs, kwargs)
-        with paddle.no_grad():
-            teacher_out = self._teacher.forward(inputs if teacher_inputs is None else teacher_inputs, kwargs)
+        teacher_out = None
+        if teacher_features is None:
+            teacher_features = self.teacher_features(*(inputs if teacher_inputs is None else teacher_inputs),
+                                                     **kwargs)
+            teacher_out = self._teacher.output
         s_feats = {p.name: [self._student.feature(s, p.name) for s in p.student] for p in self.pairs}
-        t_feats = {p.name: [self._teacher.feature(s, p.name) for s in p.teacher] for p in self.pairs}
+        try:
+            t_feats = {p.name: [teacher_features[source_name(s)] for s in p.teacher] for p in self.pairs}
+        except KeyError as e:
+            raise ConfigError(f"teacher_features has no tensor {e.args[0]!r}; give every name of "
+                              f"teacher_tensor_names() ({self.teacher_tensor_names()}).") from None
         self._apply_connectors(s_feats, t_feats)
         losses = OrderedDict()
         with float32_losses():  # under autocast: losses in fp32 (a float16 softmax overflows)

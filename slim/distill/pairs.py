@@ -70,6 +70,13 @@ def _describe(source):
     return source.describe() if hasattr(source, "describe") else repr(source)
 
 
+def source_name(source):
+    """A stable name for the tensor a pair's source denotes (e.g. the key of a teacher-output cache)."""
+    if isinstance(source, AdaptorKey):
+        return f"adaptor tensor {source.key!r}"
+    return _describe(source)
+
+
 def normalize_align(align, pair_name="?"):
     """Accept our spelling ({type, in_channels, out_channels, bn, resize}) and PaddleSlim's
     ({align_type, in_channel, out_channel, transpose_model})."""

@@ -183,7 +183,8 @@ class ResumableBatchSampler(paddle.io.BatchSampler):
 
 
 class BatchStream:
-    """An endless iterator of batches over epochs, resumable at any iteration."""
+    """An endless iterator of batches over epochs, resumable at any iteration. `last_keys`: the
+    (epoch, index) of each sample of the batch last returned (the key of a teacher-output cache)."""
 
     def __init__(self, dataset, batch_size, collate_fn=None, num_workers=0, seed=0, rank=0, world_size=1,
                  shuffle=True, drop_last=True):
@@ -192,6 +193,8 @@ class BatchStream:
         self.collate_fn, self.num_workers = collate_fn, num_workers
         self._iter = None
         self.epoch = 0
+        self._keys, self._position = [], 0
+        self.last_keys = []
 
     @property
     def iters_per_epoch(self):
@@ -204,6 +207,7 @@ class BatchStream:
 
     def _open(self, start_batch=0):
         self.sampler.set_epoch(self.epoch, start_batch)
+        self._keys, self._position = list(iter(self.sampler)), 0  # what the loader yields, in its order
         loader = paddle.io.DataLoader(_LoaderDataset(self.dataset), batch_sampler=self.sampler,
                                       collate_fn=_LoaderCollate(self.collate_fn, self.dataset.base),
                                       num_workers=self.num_workers, return_list=True)
@@ -224,4 +228,6 @@ class BatchStream:
         if isinstance(batch, dict) and ERROR_KEY in batch:
             self._iter = None  # the loader is dropped: its thread stops instead of reading on
             raise ConfigError(batch[ERROR_KEY])
+        self.last_keys = self._keys[self._position]
+        self._position += 1
         return batch

@@ -26,6 +26,13 @@ command exits with 128 + the signal's number (SIGTERM: 143, Ctrl-C: 130). A seco
 without saving. Under `paddle.distributed.launch` every process stops at the same iteration: the processes
 agree at the next log step (every `log_iters` iterations), where the losses are read anyway. During the
 set-up (before the first batch is loaded) signals act as usual: there is nothing to save yet.
+
+Teacher-output cache (`teacher_cache`, teacher_cache.py): the teacher tensors of each training sample are
+read from disk when cached, else computed by the teacher (built on first need, with the random state put
+back afterwards so that training draws the same numbers either way), written, and read back: the run that
+fills the cache trains on the stored values (float16, top-k) as later runs will. Samples are keyed by
+(epoch, index) and their augmentation seeded by `data_seed` (default: `seed`), apart from the seed of the
+student's initialisation and training.
 """
 import json
 import math
@@ -51,6 +58,7 @@ from .data import BatchStream
 from .ema import ModelEMA, ema_settings
 from .hooks import CheckpointHook, EvalHook, LoggerHook, VisualDLHook
 from .optim import build_lr_scheduler, build_optimizer
+from .teacher_cache import TeacherCache, TeacherSource, layer_parts, part
 
 
 AUTO_RESUME = "auto"
@@ -130,7 +138,8 @@ class TrainOptions:
     def __init__(self, save_dir="output", log_iters=10, save_interval=1000, keep_checkpoint_max=5, do_eval=False,
                  eval_interval=None, use_vdl=False, num_workers=0, seed=None, resume_model=None,
                  lr_scale=1.0, log_file="record.txt", overwrite=False, analyse=False, precision="fp32",
-                 amp_level="O1"):
+                 amp_level="O1", data_seed=None, teacher_cache=None, teacher_cache_dtype="float16",
+                 teacher_cache_topk=None, teacher_cache_rebuild=False):
         self.save_dir, self.log_iters, self.save_interval = save_dir, log_iters, save_interval
         self.keep_checkpoint_max, self.do_eval, self.use_vdl = keep_checkpoint_max, do_eval, use_vdl
         self.eval_interval = save_interval if eval_interval is None else eval_interval
@@ -139,6 +148,11 @@ class TrainOptions:
         self.overwrite = overwrite  # a new run in a save_dir holding another: set the other aside first
         self.analyse = analyse  # log the measured memory of one training step at the start
         self.precision, self.amp_level = precision or "fp32", amp_level or "O1"  # see amp.py
+        # the seed of sample order and augmentation (None: `seed`), apart from the model's
+        self.data_seed = data_seed
+        # a folder of teacher outputs (teacher_cache.py); dtype float16|float32, top-k logits, rebuild
+        self.teacher_cache, self.teacher_cache_dtype = teacher_cache, teacher_cache_dtype or "float16"
+        self.teacher_cache_topk, self.teacher_cache_rebuild = teacher_cache_topk, teacher_cache_rebuild
 
 
 def check_save_dir_is_free(save_dir, resume_model, overwrite=False, log_file="record.txt"):
@@ -174,7 +188,11 @@ class Trainer:
         self.task, self.cfg = task, cfg
         self.options = options or TrainOptions()
         self.save_dir = self.options.save_dir
-        self.student, self.teacher = student, teacher
+        self.student = student
+        # a built teacher, or a TeacherSource (built on first need; runs with a teacher cache)
+        self.teacher_source = teacher if isinstance(teacher, TeacherSource) else None
+        self.teacher = teacher.model if isinstance(teacher, TeacherSource) else teacher
+        self.cache = None
         self.pairs, self.adaptors = list(pairs), adaptors
         self.extra_hooks = list(hooks or [])
         self.task_loss = task_loss or task.build_task_loss(cfg)
@@ -235,34 +253,46 @@ class Trainer:
         self.settings = self.task.training_settings(self.cfg)
         train_set = self.task.build_dataset(self.cfg, "train")
         batch_size = int(self.settings.get("batch_size") or 1)
+        data_seed = getattr(opts, "data_seed", None)
+        self.data_seed = (opts.seed or 0) if data_seed is None else int(data_seed)
         self.stream = BatchStream(train_set, batch_size, self.task.collate_fn("train"), opts.num_workers,
-                                  seed=opts.seed or 0, rank=env.rank(), world_size=world)
+                                  seed=self.data_seed, rank=env.rank(), world_size=world)
         self.iters_per_epoch = self.stream.iters_per_epoch
         self.max_iters = self._total_iters()
         self.val_set = self.task.build_dataset(self.cfg, "val") if opts.do_eval else None
 
         example = self.stream.collate_fn([self.stream.dataset[(0, 0)]]) if self.stream.collate_fn else None
         args, kwargs = self.task.model_inputs(example, "train") if example is not None else ((), {})
+        self.precision = Precision(getattr(opts, "precision", "fp32"), getattr(opts, "amp_level", "O1"))
+        if self.teacher_source is not None and self.teacher is None and not getattr(opts, "teacher_cache", None):
+            self.teacher = self._build_teacher()  # no cache: the teacher runs every step
+
         self.log(describe_model("student", self.student, args, kwargs))
         if self.teacher is not None:
             self.log(describe_model("teacher", self.teacher, args, kwargs))
 
-        self.precision = Precision(getattr(opts, "precision", "fp32"), getattr(opts, "amp_level", "O1"))
         self.log(self.precision.describe())
         decorate_for_o2(self.precision, unwrap(self.student), self.teacher)  # before DataParallel wraps it
         model = paddle.DataParallel(self.student) if world > 1 else self.student
         self.model = model
         self.distiller = None
-        if self.teacher is not None:
+        if self.teacher is not None or self.teacher_source is not None:
             # finiteness is checked by the trainer at log steps (no host sync per step)
-            self.distiller = Distiller(model, self.teacher, self.pairs, *self.adaptors, check_finite=False)
+            self.distiller = Distiller(model, self.teacher, self.pairs, *self.adaptors, check_finite=False,
+                                       teacher_factory=self._build_teacher)
+            example_feats = None
+            if getattr(opts, "teacher_cache", None):
+                example_feats = self._open_cache(train_set, batch_size, world, example, args, kwargs)
             if example is not None:
-                self.distiller.build(*args, label=self.task.distill_label(example), **kwargs)
+                self.distiller.build(*args, label=self.task.distill_label(example), teacher_features=example_feats,
+                                     **kwargs)
             for pair in self.distiller.pairs:
                 self.log(f"distill {pair.describe()}, weight {pair.weight}")
         elif self.pairs:
             raise ConfigError("Distillation pairs were given but no teacher: pass a teacher config.")
         if getattr(opts, "analyse", False):  # every process measures (the step's backward all-reduces)
+            if self.distiller is not None and not self.distiller.teacher_built:
+                self.distiller.ensure_teacher()  # measured too, although the cache may spare running it
             self.log(describe_step_memory(self, batch_size))
 
         lr_scale, warmup_scale = self._batch_scaling(batch_size * world)
@@ -291,6 +321,8 @@ class Trainer:
         self.stop_signals.install()  # before the data loader forks its workers (see StopSignals)
         self.stream.start_at(self.iter)
         self.epoch = self.stream.epoch
+        if self.cache is not None:
+            self.cache.plan(self._cache_visits(batch_size * world))
 
         self.hooks = [LoggerHook(opts.log_iters), CheckpointHook(opts.save_interval, opts.keep_checkpoint_max)]
         if opts.do_eval:
@@ -298,6 +330,111 @@ class Trainer:
         if opts.use_vdl:
             self.hooks.insert(0, VisualDLHook())
         self.hooks += self.extra_hooks
+
+    # ----- the teacher and its cache -------------------------------------------------------------
+    def _build_teacher(self):
+        """Build the teacher of a TeacherSource, leaving every random state as it was (a run that reads the
+        teacher's outputs from the cache builds no teacher and must draw the same numbers)."""
+        if self.teacher_source is None:
+            raise ConfigError("No teacher to build.")
+        state = env.rng_state()
+        try:
+            teacher = self.teacher_source.build(self.log)
+        finally:
+            env.set_rng_state(state)
+        if getattr(self, "precision", None) is not None and getattr(self, "distiller", None) is not None:
+            decorate_for_o2(self.precision, teacher)  # the run's O2 cast, when it starts mid-run
+        self.teacher = self.teacher_source.model = teacher
+        return teacher
+
+    def _cache_parts(self, train_set, batch_size, world):
+        """The fingerprint of this run's teacher tensors (teacher_cache.py): what determines every entry."""
+        from .data import sample_files
+        parts = OrderedDict()
+        if self.teacher_source is not None:
+            parts.update(self.teacher_source.parts)
+        else:
+            parts.update(layer_parts(self.teacher))
+        files = []
+        for i in range(len(train_set)):
+            for f in sample_files(train_set, i):
+                files.append([f, os.path.getsize(f) if os.path.isfile(f) else None])
+        parts["training data"] = part(f"{len(train_set)} samples, their files and the train data config",
+                                      {"config": self.task.data_config(self.cfg), "files": files,
+                                       "samples": len(train_set)})
+        parts["data seed"] = part(f"--data_seed {self.data_seed}")
+        parts["batches"] = part(f"{batch_size} samples per process x {world} process(es)")
+        names = self.distiller.teacher_tensor_names()
+        parts["teacher tensors"] = part(", ".join(names))
+        parts["teacher precision"] = part(f"{self.precision.name} {self.precision.level}")
+        return parts
+
+    def _open_cache(self, train_set, batch_size, world, example, args, kwargs):
+        """Open (or start) the teacher cache; returns teacher tensors for the example batch when the
+        distiller needs them to size its connectors and the teacher is not built."""
+        opts = self.options
+        self.cache = TeacherCache(opts.teacher_cache, self._cache_parts(train_set, batch_size, world),
+                                  opts.teacher_cache_dtype, opts.teacher_cache_topk, opts.teacher_cache_rebuild,
+                                  log=self.log)
+        known = self.cache.open(len(train_set))
+        if not known:  # a new cache: the teacher's tensors on one sample give their shapes
+            if example is None:
+                raise ConfigError("--teacher_cache needs a collated example batch to size its entries.")
+            with self.precision.autocast():
+                feats = self.distiller.teacher_features(*args, **kwargs)
+            self.cache.create(self.cache.tensor_layout(self._host_arrays(feats)))
+            self.log(f"teacher cache {self.cache.root}: new, for {', '.join(self.cache.layout)}")
+            return None
+        self.log(f"teacher cache {self.cache.root}: its fingerprint matches this run; cached entries are read "
+                 f"and the teacher runs only for the others")
+        if self.distiller.teacher_built or not self.distiller._needs_build:
+            return None
+        arrays = self.cache.first_entry()
+        return self._device_tensors(arrays) if arrays is not None else None
+
+    def _cache_visits(self, total_batch):
+        """{epoch: samples read in it} for the iterations this run still has to train."""
+        visits = OrderedDict()
+        ipe = self.iters_per_epoch
+        it = self.iter
+        while it < self.max_iters:
+            epoch = it // ipe
+            end = min((epoch + 1) * ipe, self.max_iters)
+            visits[epoch] = (end - it) * total_batch
+            it = end
+        return visits
+
+    @staticmethod
+    def _host_arrays(feats):
+        out = OrderedDict()
+        for name, t in feats.items():
+            if t.dtype not in (paddle.float16, paddle.float32):
+                t = t.astype("float32")
+            out[name] = t.numpy()
+        return out
+
+    @staticmethod
+    def _device_tensors(arrays):
+        return OrderedDict((n, paddle.to_tensor(a).astype("float32")) for n, a in arrays.items())
+
+    def _teacher_features(self, args, kwargs):
+        """The teacher tensors of this batch from the cache, or from the teacher (then written); None
+        without a cache (the distiller runs the teacher)."""
+        if self.cache is None:
+            return None
+        keys = self.stream.last_keys
+        arrays = self.cache.lookup(keys)
+        if arrays is not None:
+            return self._device_tensors(arrays)
+        if not self.distiller.teacher_built:
+            if self.iter > self.start_iter or self.cache.read_samples:
+                self.log(f"teacher cache: entries missing from iteration {self.iter + 1}: building the teacher "
+                         f"to compute and store them")
+            self.distiller.ensure_teacher()
+        feats = self.distiller.teacher_features(*args, **kwargs)
+        self.cache.store(keys, self._host_arrays(feats))
+        # train on what was stored (float16, top-k), as every later run reading these entries will
+        return self._device_tensors(self.cache.lookup(keys, count=False))
 
     def _batch_scaling(self, total_batch):
         """Linear scaling when the total batch differs from the config's `reference_batch_size`: the
@@ -480,6 +617,10 @@ class Trainer:
             self.vdl_writer = None
         if self.distiller is not None:
             self.distiller.close()
+        if self.cache is not None:
+            self.log(f"teacher cache {self.cache.root}: {self.cache.read_samples} sample(s) read, "
+                     f"{self.cache.written_samples} computed by the teacher and written")
+            self.cache.close()
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
@@ -502,7 +643,8 @@ class Trainer:
         def forward():
             terms = OrderedDict()
             if self.distiller is not None:
-                out = self.distiller(*args, label=self.task.distill_label(batch), **kwargs)
+                out = self.distiller(*args, label=self.task.distill_label(batch),
+                                     teacher_features=self._teacher_features(args, kwargs), **kwargs)
                 student_out, distill_terms = out.student_out, out.losses
             else:
                 student_out, distill_terms = self.model(*args, **kwargs), {}

@@ -138,6 +138,32 @@ class TaskBase:
         """Inputs for one forward, used for connector building, layer listing and FLOPs."""
         raise NotImplementedError
 
+    def pair_needs_teacher(self, cfg):
+        """Whether `prepare_pair` changes the student from the teacher (then the teacher is built before
+        training even when a teacher-output cache would spare running it)."""
+        return False
+
+    #: config keys that do not shape a model's outputs (left out of a teacher's fingerprint)
+    non_model_keys = ("iters", "epochs", "batch_size", "optimizer", "lr_scheduler", "learning_rate", "loss",
+                      "train_dataset", "val_dataset", "test_dataset", "distill", "distill_loss", "ema",
+                      "reference_batch_size", "export", "_base_", "task")
+
+    def teacher_model_config(self, cfg):
+        """The part of a teacher's config that decides its outputs (for a teacher-output cache's fingerprint;
+        weight paths are left out: the weights themselves are hashed)."""
+        def strip(value):
+            if isinstance(value, dict):
+                return {k: strip(v) for k, v in value.items()
+                        if k not in ("pretrained", "weights", "pretrain_weights")}
+            if isinstance(value, list):
+                return [strip(v) for v in value]
+            return value
+        return strip({k: v for k, v in cfg.items() if k not in self.non_model_keys})
+
+    def data_config(self, cfg):
+        """The config of the training data and its transforms (for a teacher-output cache's fingerprint)."""
+        return cfg.get("train_dataset")
+
     # ----- data -----------------------------------------------------------------------------------
     def build_dataset(self, cfg, mode):
         """A `paddle.io.Dataset` for mode 'train' or 'val'."""

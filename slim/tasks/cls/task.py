@@ -179,6 +179,9 @@ class Task(TaskBase):
             parts.append(f"e{model['embedding_dim']}")
         return "_".join(parts)
 
+    def pair_needs_teacher(self, cfg):
+        return bool(cfg.get("head_from_teacher") or cfg.get("embedding_projection"))
+
     def prepare_pair(self, student, teacher, cfg, log=print):
         """`head_from_teacher: true`: the student's classifier becomes a frozen copy of the teacher's.
         `embedding_projection: true`: the student's projection is sized to the teacher's embedding width."""

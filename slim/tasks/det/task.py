@@ -138,6 +138,20 @@ class Task(TaskBase):
     def config_keys(self):
         return tuple(PPDET_KEYS) + tuple(registered_names())
 
+    def teacher_model_config(self, cfg):
+        """ppdet's model sections (architecture and the classes it names), without readers, datasets,
+        schedules or weight paths."""
+        skip = ("Reader", "Dataset", "LearningRate", "OptimizerBuilder")
+        kept = {k: v for k, v in cfg.items() if not any(k.endswith(s) for s in skip)
+                and k not in ("epoch", "snapshot_epoch", "log_iter", "save_dir", "use_gpu", "use_xpu",
+                              "print_flops", "metric", "map_type", "weights", "pretrain_weights", "slim",
+                              "slim_method", "distill_loss", "distill", "iters", "epochs", "batch_size",
+                              "optimizer", "lr_scheduler", "learning_rate", "_BASE_", "task")}
+        return super().teacher_model_config(kept)
+
+    def data_config(self, cfg):
+        return {k: cfg.get(k) for k in ("TrainDataset", "TrainReader", "num_classes") if k in cfg}
+
     # ----- settings ---------------------------------------------------------------------------------
     def iters_per_epoch(self, cfg):
         from slim.engine import env
