@@ -2,6 +2,7 @@
 
     python tools/demo.py seg [--out output/demo] [--seed 0] [--quick]           (slim/apps/experiments/seg.py)
     python tools/demo.py cls [--out output/demo-cls] [--seed 0] [--quick]       (slim/apps/experiments/cls.py)
+    python tools/demo.py cls --paddleclas [--out output/demo-ppcls] [--quick]   (slim/apps/experiments/ppcls.py)
     python tools/demo.py depth [--out output/demo-depth] [--seed 0] [--quick]   (slim/apps/experiments/depth.py)
     python tools/demo.py det [--out output/demo-det] [--seed 0] [--quick] [--data nuclei|trees]
                                                                                 (slim/apps/experiments/det.py)
@@ -40,8 +41,14 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="a few iterations of each step (checks the pipeline)")
     p.add_argument("--data", default=None, choices=sorted(DET_DATASETS), help="det only: the dataset (default nuclei)")
+    p.add_argument("--paddleclas", action="store_true", help="cls only: PaddleClas's quick-start distillation with "
+                   "its config shape (configs/ppcls/; slim/apps/experiments/ppcls.py)")
     args = p.parse_args()
     module, default_out = DEMOS[args.task]
+    if args.paddleclas:
+        if args.task != "cls":
+            p.error("--paddleclas goes with the cls demo: tools/demo.py cls --paddleclas")
+        module, default_out = "slim.apps.experiments.ppcls", "output/demo-ppcls"
     return importlib.import_module(module).demo(args, os.path.abspath(args.out or os.path.join(ROOT, default_out)))
 
 

@@ -110,6 +110,10 @@ def run(args, task, cfg, allow_untrained=False):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    # PaddleClas configs (Arch: + Global:) run with PaddleClas's command line: slim/apps/ppcls.py
+    from slim.apps import ppcls as ppcls_cli
+    if ppcls_cli.wants(argv):
+        return ppcls_cli.train_main(argv)
     if any(a == "--pipeline" or a.startswith("--pipeline=") for a in argv):
         from . import pipeline  # stages of training from one yaml (slim/apps/pipeline.py)
         return pipeline.main(argv)

@@ -18,6 +18,10 @@ from slim.apps import launch, tools
 
 
 def main(argv=None):
+    # PaddleClas configs (Arch: + Global:) run with PaddleClas's command line: slim/apps/ppcls.py
+    from slim.apps import ppcls as ppcls_cli
+    if ppcls_cli.wants(argv):
+        return ppcls_cli.eval_main(argv)
     p = launch.make_parser(__doc__)
     tools.add_model_flags(p)
     p.add_argument("--save_json", default=None, help="also write the metrics to this json file")

@@ -27,6 +27,10 @@ def first_tensor(out):
 
 
 def main(argv=None):
+    # PaddleClas configs (Arch: + Global:) run with PaddleClas's command line: slim/apps/ppcls.py
+    from slim.apps import ppcls as ppcls_cli
+    if ppcls_cli.wants(argv):
+        return ppcls_cli.export_main(argv)
     p = launch.make_parser(__doc__)
     tools.add_model_flags(p)
     p.add_argument("--save_dir", default="output/export")

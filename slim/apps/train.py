@@ -14,6 +14,10 @@ from . import distill, launch
 
 
 def main(argv=None):
+    # PaddleClas configs (Arch: + Global:) run with PaddleClas's command line: slim/apps/ppcls.py
+    from slim.apps import ppcls as ppcls_cli
+    if ppcls_cli.wants(argv):
+        return ppcls_cli.train_main(argv)
     p = launch.make_parser(__doc__)
     p.add_argument("--config", "-c", required=True)
     distill.add_slim_config_flag(p)

@@ -12,7 +12,8 @@ import importlib
 
 from slim.distill.errors import ConfigError
 
-_TASK_MODULES = {"seg": "slim.tasks.seg", "det": "slim.tasks.det", "cls": "slim.tasks.cls"}
+# ppcls (PaddleClas configs: Arch + Global) is asked before cls
+_TASK_MODULES = {"seg": "slim.tasks.seg", "det": "slim.tasks.det", "ppcls": "slim.tasks.ppcls", "cls": "slim.tasks.cls"}
 
 
 def task_names():

@@ -1,0 +1,250 @@
+"""PaddleClas configs: detection, loading, `-o` overrides as PaddleClas reads them, and the settings they give.
+
+    -o Global.epochs=1 -o DataLoader.Train.dataset.transform_ops.1.RandCropImage.size=32 \
+       -o Arch.models.0.Teacher.pretrained=output/teacher/best_model
+
+`-o` may repeat, and one `-o` may take several KEY=VALUE; a dotted path walks dicts by key and lists by
+index; the value is read as yaml (`True`, `null`, `[0.6, 1.0]`, `0.01`); a key that does not exist yet is
+added, and the log says so (as PaddleClas prints "A new field ... detected").
+"""
+import copy
+import os
+
+import yaml
+
+from slim.distill.errors import ConfigError
+
+TOP_KEYS = ("Global", "Arch", "Loss", "Optimizer", "DataLoader", "AMP", "Metric", "Infer")
+# keys read here; anything else of the config is listed in the log as not used
+READ = {
+    "Global": {"epochs", "output_dir", "save_interval", "eval_interval", "eval_during_train", "pretrained_model",
+               "checkpoints", "use_visualdl", "device", "print_batch_step", "image_shape", "save_inference_dir",
+               "class_num", "seed"},
+    "AMP": {"use_amp", "level", "scale_loss", "use_dynamic_loss_scaling"},
+    "Optimizer": {"name", "momentum", "lr", "regularizer", "weight_decay", "beta1", "beta2", "epsilon",
+                  "multi_precision"},
+}
+
+
+def is_ppcls_config(cfg):
+    """A PaddleClas config: it has both `Arch:` and `Global:` sections."""
+    return isinstance(cfg, dict) and isinstance(cfg.get("Arch"), dict) and "Global" in cfg
+
+
+def read_yaml(path):
+    if not os.path.isfile(path):
+        raise ConfigError(f"Config file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        try:
+            cfg = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid yaml: {e}") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path}: the top level of a config is a mapping of sections (Global, Arch, ...)")
+    return cfg
+
+
+def merge_opts(argv):
+    """argv with every `-o`/`--opts` group collected after one `-o` (PaddleClas repeats -o; argparse would keep
+    only the last group)."""
+    argv = list(argv)
+    rest, opts, i = [], [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ("-o", "--opts"):
+            i += 1
+            while i < len(argv) and not argv[i].startswith("-"):
+                opts.append(argv[i])
+                i += 1
+            continue
+        if a.startswith("--opts="):
+            opts.append(a.split("=", 1)[1])
+        else:
+            rest.append(a)
+        i += 1
+    return rest + (["-o"] + opts if opts else [])
+
+
+def _parse_value(text):
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_override(cfg, opt, log=print):
+    if "=" not in opt:
+        raise ConfigError(f"-o {opt!r}: overrides are KEY=VALUE, e.g. -o Global.epochs=1")
+    path, text = opt.split("=", 1)
+    keys = [k for k in path.strip().split(".")]
+    if not all(keys):
+        raise ConfigError(f"-o {opt!r}: empty key in the dotted path")
+    value = _parse_value(text)
+    node, walked = cfg, []
+    for depth, key in enumerate(keys):
+        last = depth == len(keys) - 1
+        where = ".".join(walked) or "the config"
+        if isinstance(node, list):
+            try:
+                index = int(key)
+            except ValueError:
+                raise ConfigError(f"-o {path}: {where} is a list; give an index (0..{len(node) - 1}), not {key!r}") \
+                    from None
+            if not -len(node) <= index < len(node):
+                raise ConfigError(f"-o {path}: {where} has {len(node)} items; index {index} is out of range")
+            if last:
+                node[index] = value
+            else:
+                if node[index] is None:
+                    node[index] = {}
+                node = node[index]
+        elif isinstance(node, dict):
+            if last:
+                if key not in node:
+                    log(f"-o {path}: {key!r} is a new key of {where} (added)")
+                node[key] = value
+            else:
+                if key not in node or node[key] is None:
+                    if key not in node:
+                        log(f"-o {path}: {key!r} is a new section of {where} (added)")
+                    node[key] = {}
+                node = node[key]
+        else:
+            raise ConfigError(f"-o {path}: {where} is a value ({node!r}), not a section or a list")
+        walked.append(key)
+    return cfg
+
+
+def load(path, opts=(), log=print):
+    cfg = read_yaml(path)
+    for opt in opts or ():
+        apply_override(cfg, opt, log)
+    if not is_ppcls_config(cfg):
+        raise ConfigError(f"{path} is not a PaddleClas config (it needs both Arch: and Global:)")
+    return cfg
+
+
+def unread_keys(cfg):
+    """Keys of the config this package does not read, for one log line."""
+    out = [k for k in cfg if k not in TOP_KEYS]
+    for section, keys in READ.items():
+        for k in (cfg.get(section) or {}):
+            if k not in keys:
+                out.append(f"{section}.{k}")
+    arch = cfg.get("Arch") or {}
+    if arch.get("name") == "DistillationModel":
+        out += [f"Arch.{k}" for k in arch if k not in ("name", "class_num", "pretrained_list", "freeze_params_list",
+                                                       "infer_model_name", "models", "use_sync_bn")]
+    for mode in ("Train", "Eval"):
+        loader = ((cfg.get("DataLoader") or {}).get(mode) or {})
+        for k in (loader.get("sampler") or {}):
+            if k not in ("name", "batch_size", "shuffle", "drop_last"):
+                out.append(f"DataLoader.{mode}.sampler.{k}")
+        if loader.get("loader"):
+            out.append(f"DataLoader.{mode}.loader (use --num_workers)")
+    for k in ("Metric", "Infer"):
+        if k in cfg:
+            out.append(f"{k} (evaluation always reports top-1 and top-5)" if k == "Metric" else k)
+    return out
+
+
+# ----- Optimizer -> the trainer's optimizer / lr_scheduler ---------------------------------------------------
+def _f(value, what):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be a number, got {value!r}") from None
+
+
+def optimizer_settings(opt_cfg, iters_per_epoch, log=print):
+    """(optimizer, lr_scheduler) in the trainer's spelling (slim/engine/optim.py) from PaddleClas's Optimizer."""
+    opt_cfg = dict(opt_cfg or {})
+    name = opt_cfg.get("name", "Momentum")
+    kinds = {"Momentum": "Momentum", "SGD": "SGD", "Adam": "Adam", "AdamW": "AdamW"}
+    if name not in kinds:
+        raise ConfigError(f"Optimizer name {name!r} is not supported; supported: {', '.join(kinds)}.")
+    optimizer = {"type": kinds[name]}
+    if name == "Momentum":
+        optimizer["momentum"] = _f(opt_cfg.get("momentum", 0.9), "Optimizer.momentum")
+    for key in ("beta1", "beta2", "epsilon"):
+        if key in opt_cfg and name in ("Adam", "AdamW"):
+            optimizer[key] = _f(opt_cfg[key], f"Optimizer.{key}")
+    decay = None
+    reg = opt_cfg.get("regularizer")
+    if reg:
+        if str(reg.get("name", "L2")).upper() != "L2":
+            raise ConfigError(f"Optimizer.regularizer name {reg.get('name')!r} is not supported; use L2.")
+        decay = _f(reg.get("coeff", 0.0), "Optimizer.regularizer.coeff")
+    if opt_cfg.get("weight_decay") is not None:
+        decay = _f(opt_cfg["weight_decay"], "Optimizer.weight_decay")
+    if decay is not None:
+        optimizer["weight_decay"] = decay
+    lr = opt_cfg.get("lr")
+    if isinstance(lr, (int, float, str)) and not isinstance(lr, bool):
+        lr = {"name": "Constant", "learning_rate": lr}
+    lr = dict(lr or {})
+    if "learning_rate" not in lr:
+        raise ConfigError("Optimizer.lr needs learning_rate (e.g. {name: Cosine, learning_rate: 0.1})")
+    base = _f(lr.pop("learning_rate"), "Optimizer.lr.learning_rate")
+    kind = lr.pop("name", "Constant")
+    warmup = _f(lr.pop("warmup_epoch", 0) or 0, "Optimizer.lr.warmup_epoch")
+    start = _f(lr.pop("warmup_start_lr", 0.0) or 0.0, "Optimizer.lr.warmup_start_lr")
+    lr.pop("step_each_epoch", None)  # PaddleClas's engine sets it; here the trainer knows the epoch length
+    lr.pop("epochs", None)
+    sched = {"learning_rate": base}
+    ipe = max(int(iters_per_epoch), 1)
+    if kind == "Cosine":
+        sched.update(type="CosineAnnealingDecay", eta_min=_f(lr.pop("eta_min", 0.0), "Optimizer.lr.eta_min"))
+    elif kind == "Linear":
+        sched.update(type="PolynomialDecay", end_lr=_f(lr.pop("end_lr", 0.0), "Optimizer.lr.end_lr"),
+                     power=_f(lr.pop("power", 1.0), "Optimizer.lr.power"))
+    elif kind == "Piecewise":
+        epochs, values = lr.pop("decay_epochs", None), lr.pop("values", None)
+        if not epochs or not values or len(values) != len(epochs) + 1:
+            raise ConfigError("Optimizer.lr Piecewise needs decay_epochs and values (one more value than epochs)")
+        values = [_f(v, "Optimizer.lr.values") for v in values]
+        ratios = [b / a if a else None for a, b in zip(values, values[1:])]
+        if any(r is None for r in ratios) or max(ratios) - min(ratios) > 1e-6 * max(abs(r) for r in ratios):
+            raise ConfigError(f"Optimizer.lr Piecewise values {values}: only values that fall by one factor at each "
+                              f"boundary (e.g. [0.1, 0.01, 0.001]) are supported; use MultiStepDecay otherwise.")
+        # the same rates: values[0] * gamma^k after the k-th boundary
+        sched.update(learning_rate=values[0], type="MultiStepDecay", milestones=[int(e) * ipe for e in epochs],
+                     gamma=ratios[0] if ratios else 1.0)
+    elif kind == "MultiStepDecay":
+        milestones = lr.pop("milestones", None)
+        if not milestones:
+            raise ConfigError("Optimizer.lr MultiStepDecay needs milestones (epochs)")
+        sched.update(type="MultiStepDecay", milestones=[int(m) * ipe for m in milestones],
+                     gamma=_f(lr.pop("gamma", 0.1), "Optimizer.lr.gamma"))
+    elif kind == "Constant":
+        sched.update(type="Constant")
+    else:
+        raise ConfigError(f"Optimizer.lr name {kind!r} is not supported; supported: Cosine, Piecewise, "
+                          f"MultiStepDecay, Linear, Constant.")
+    for key in ("by_epoch", "last_epoch", "decay_epochs"):
+        lr.pop(key, None)
+    if lr:
+        log(f"Optimizer.lr: not used: {', '.join(sorted(lr))}")
+    if warmup:
+        sched["warmup_iters"] = int(round(warmup * ipe))
+        sched["warmup_start_lr"] = start
+    return optimizer, sched
+
+
+def global_cfg(cfg):
+    return cfg.get("Global") or {}
+
+
+def sampler(cfg, mode):
+    return (((cfg.get("DataLoader") or {}).get(mode) or {}).get("sampler") or {})
+
+
+def batch_size(cfg, mode="Train"):
+    value = sampler(cfg, mode).get("batch_size")
+    if value is None:
+        raise ConfigError(f"DataLoader.{mode}.sampler.batch_size is not set")
+    return int(value)
+
+
+def arch_copy(cfg):
+    return copy.deepcopy(cfg.get("Arch") or {})

@@ -1,0 +1,195 @@
+"""PaddleClas configs end to end on tiny real MNIST (ImageNetDataset layout), through tools/train.py, tools/eval.py,
+tools/export.py and slim/distill/distill_train.py: the quick-start workflow (plain teacher, then the frozen-teacher
+distillation given the teacher by -o Arch.models.0.Teacher.pretrained), mutual learning with exact resume, MGD,
+and the errors a user meets."""
+import os
+
+import numpy as np
+import paddle
+import pytest
+
+from slim.datasets import mnist
+from slim.tasks import detect_task_name
+from slim.tasks.ppcls import config as pc
+from tests.helpers.cli import ROOT, run_tool
+from tests.helpers.resume import assert_same_weights, run_interrupted
+
+CONFIGS = os.path.join(ROOT, "configs", "ppcls")
+
+
+def cfg_path(name):
+    return os.path.join(CONFIGS, name)
+
+
+def data_opts(data, batch=8):
+    return ["-o", f"DataLoader.Train.dataset.image_root={data}",
+            f"DataLoader.Train.dataset.cls_label_path={data}/train_list.txt",
+            f"DataLoader.Eval.dataset.image_root={data}", f"DataLoader.Eval.dataset.cls_label_path={data}/val_list.txt",
+            f"DataLoader.Train.sampler.batch_size={batch}", "Global.print_batch_step=1"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ppcls")
+    data = str(root / "data")
+    mnist.prepare(data, per_class=3)  # 30 train, 30 val images
+    out = root / "out"
+    teacher = ["-o", "Arch.name=ResNet18", f"Global.output_dir={out}", "Global.epochs=2"]
+    assert run_tool("train", "-c", cfg_path("ResNet50_vd_mnist.yaml"), *data_opts(data), *teacher, "--seed", 0) == 0
+    return {"root": root, "data": data, "out": out, "teacher": out / "ResNet18" / "best_model"}
+
+
+QUICK = ["-o", "Arch.models.0.Teacher.name=ResNet18", "Arch.models.1.Student.name=MobileNetV3_small_x0_35"]
+
+
+def test_configs_are_detected_as_paddleclas_and_cls_configs_are_not():
+    for name in os.listdir(CONFIGS):
+        assert detect_task_name(pc.read_yaml(cfg_path(name))) == "ppcls", name
+    from slim.distill.config import load_config
+    assert detect_task_name(load_config(os.path.join(ROOT, "configs/cls/convnet_teacher_mnist.yml")).to_dict()) == "cls"
+
+
+def test_overrides_as_paddleclas_reads_them():
+    cfg, log = pc.read_yaml(cfg_path("resnet34_distill_resnet18_mgd.yaml")), []
+    for opt in ["DataLoader.Train.dataset.transform_ops.1.RandCropImage.size=28",
+                "DataLoader.Train.dataset.transform_ops.1.RandCropImage.scale=[0.6, 1.0]",
+                "Arch.models.0.Teacher.pretrained=null", "Global.new_key=True", "Optimizer.lr.learning_rate=0.01"]:
+        pc.apply_override(cfg, opt, log.append)
+    crop = cfg["DataLoader"]["Train"]["dataset"]["transform_ops"][1]["RandCropImage"]
+    assert crop == {"size": 28, "scale": [0.6, 1.0]}
+    assert cfg["Arch"]["models"][0]["Teacher"]["pretrained"] is None and cfg["Global"]["new_key"] is True
+    assert cfg["Optimizer"]["lr"]["learning_rate"] == 0.01
+    assert any("'scale' is a new key" in line for line in log) and any("'new_key'" in line for line in log)
+    with pytest.raises(Exception, match="has 2 items; index 5 is out of range"):
+        pc.apply_override(cfg, "Arch.models.5.Teacher.name=X", log.append)
+    assert pc.merge_opts(["-c", "X", "-o", "a=1", "--iters", "2", "-o", "b=2", "c=-3", "--save_dir=d"]) == \
+        ["-c", "X", "--iters", "2", "--save_dir=d", "-o", "a=1", "b=2", "c=-3"]
+
+
+def test_plain_teacher_trains_and_evaluates_with_path_without_pdparams(run, capsys):
+    best = run["teacher"]
+    assert (best / "model.pdparams").is_file()
+    log = (run["out"] / "ResNet18" / "record.txt").read_text()
+    assert "Global.device is gpu but no GPU is visible" in log and "CELoss:" in log
+    capsys.readouterr()
+    assert run_tool("eval", "-c", cfg_path("ResNet50_vd_mnist.yaml"), *data_opts(run["data"]),
+                    "-o", "Arch.name=ResNet18",
+                    f"Global.pretrained_model={best}") == 0
+    assert "[EVAL] #Images: 30 top1:" in capsys.readouterr().out
+
+
+def test_quick_start_distillation_with_frozen_teacher_then_eval_and_export(run, capsys, tmp_path):
+    out = tmp_path / "out"
+    args = [*data_opts(run["data"]), *QUICK, f"Arch.models.0.Teacher.pretrained={run['teacher']}",
+            f"Global.output_dir={out}"]
+    assert run_tool("train", "-c", cfg_path("R50_vd_distill_MV3_large_x1_0_mnist.yaml"), *args, "--iters", 3) == 0
+    run_dir = out / "DistillationModel"
+    log = (run_dir / "record.txt").read_text()
+    assert "loaded 107/107 tensors into Teacher (ResNet18, frozen)" in log
+    assert "CELoss_Student_Teacher:" in log and "[EVAL] #Images: 30 top1 (Student):" in log
+    saved = paddle.load(str(run_dir / "iter_3" / "model.pdparams"))
+    teacher = paddle.load(str(run["teacher"] / "model.pdparams"))
+    for k, v in teacher.items():  # frozen: weights and BN statistics untouched
+        np.testing.assert_array_equal(saved[f"Teacher.{k}"].numpy(), v.numpy())
+    assert (run_dir / "best_model" / "Student.pdparams").is_file()
+    capsys.readouterr()
+    weights = str(run_dir / "best_model" / "model")  # neither a file nor a folder: +.pdparams
+    os.rename(run_dir / "best_model" / "model.pdparams", weights + ".pdparams")
+    assert run_tool("eval", "-c", cfg_path("R50_vd_distill_MV3_large_x1_0_mnist.yaml"), *args,
+                    f"Global.pretrained_model={weights}") == 0
+    assert "top1 (Student):" in capsys.readouterr().out
+    inference = tmp_path / "inference"
+    assert run_tool("export", "-c", cfg_path("R50_vd_distill_MV3_large_x1_0_mnist.yaml"), *args,
+                    f"Global.pretrained_model={weights}", "-o", f"Global.save_inference_dir={inference}") == 0
+    assert "exported Student of DistillationModel" in capsys.readouterr().out
+    assert (inference / "inference.pdiparams").is_file()
+
+
+def test_mutual_learning_trains_both_and_resumes_exactly(run, tmp_path):
+    cfg = cfg_path("PPLCNet_x2_5_udml.yaml")
+    args = [*data_opts(run["data"]), "-o", "Arch.models.0.Teacher.name=PPLCNet_x0_25",
+            "Arch.models.1.Student.name=PPLCNet_x0_25", "Global.eval_during_train=False", "--seed", 0,
+            "--save_interval", 2]
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    assert run_tool("distill_train", "-c", cfg, *args, "--iters", 4, "--save_dir", straight) == 0
+    log = (straight / "record.txt").read_text()
+    assert "trained: Teacher, Student (mutual learning" in log
+    for term in ("CELoss_Student", "CELoss_Teacher", "DMLLoss_Student_Teacher_0", "loss_l2_loss_l2_0"):
+        assert term + ":" in log
+    start = paddle.load(str(straight / "iter_2" / "model.pdparams"))
+    end = paddle.load(str(straight / "iter_4" / "model.pdparams"))
+    for who in ("Teacher", "Student"):
+        key = next(k for k in end if k.startswith(who + ".") and k.endswith("weight"))
+        assert not np.allclose(start[key].numpy(), end[key].numpy()), f"{who} did not train"
+    assert run_interrupted(2, "distill_train", "-c", cfg, *args, "--iters", 4, "--save_dir", broken) != 0
+    assert run_tool("distill_train", "-c", cfg, *args, "--iters", 4, "--save_dir", broken,
+                    "--resume_model", "auto") == 0
+    assert_same_weights(straight / "iter_4", broken / "iter_4")
+
+
+def test_mgd_generator_trains_with_the_student_and_is_checkpointed(run, tmp_path):
+    args = [*data_opts(run["data"]), "-o", "Arch.models.0.Teacher.name=ResNet18",
+            f"Arch.models.0.Teacher.pretrained={run['teacher']}", 'Arch.models.0.Teacher.return_patterns=["blocks[7]"]',
+            "Loss.Train.1.DistillationPairLoss.t_key=blocks[7]", "Global.eval_during_train=False",
+            "Optimizer.lr.values=[0.001, 0.0001, 0.00001, 0.000001]", "--iters", 2, "--save_interval", 1,
+            "--save_dir", tmp_path / "mgd"]
+    assert run_tool("train", "-c", cfg_path("resnet34_distill_resnet18_mgd.yaml"), *args) == 0
+    assert "loss_mgd_0_Student_Teacher:" in (tmp_path / "mgd" / "record.txt").read_text()
+    a = paddle.load(str(tmp_path / "mgd" / "iter_1" / "model.pdparams"))
+    b = paddle.load(str(tmp_path / "mgd" / "iter_2" / "model.pdparams"))
+    gen = [k for k in b if k.startswith("loss_layers.0.loss_func.generation")]
+    assert gen and not np.allclose(a[gen[0]].numpy(), b[gen[0]].numpy())
+
+
+def test_user_errors_are_one_clear_line(run, capsys, tmp_path, monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("offline")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    monkeypatch.setenv("HOME", str(tmp_path))  # an empty weights cache
+    dkd = cfg_path("resnet34_distill_resnet18_dkd.yaml")
+    base = [*data_opts(run["data"]), "--iters", 1, "--save_dir", tmp_path / "x"]
+    cases = [
+        (["-o", "Arch.models.0.Teacher.name=ResNet18", "Arch.models.0.Teacher.class_num=7",
+          f"Arch.models.0.Teacher.pretrained={run['teacher']}"], "fc.weight"),  # classifier of another shape
+        (["-o", "Arch.models.0.Teacher.pretrained=False"], r"is frozen \(freeze_params_list\) but has no weights"),
+        (["-o", "Arch.models.0.Teacher.name=ResNet18", f"Arch.models.0.Teacher.pretrained={run['teacher']}",
+          'Arch.models.0.Teacher.return_patterns=["blocks[15]"]'],
+         r"has no layer 'blocks\[15\]'.*Its layers.*blocks\.7"),
+        (["-o", "Loss.Train.1={AFDLoss: {weight: 1.0}}"], "loss 'AFDLoss' is not supported here; supported: CELoss"),
+        (["-o", "Arch.models.0.Teacher.pretrained=True"],
+         "Arch.models.0.Teacher.pretrained = https://paddle-imagenet-models-name.bj.bcebos.com/dygraph/"
+         "legendary_models/ResNet34_pretrained.pdparams: cannot download"),
+        (["-o", "Arch.class_num=5"], r"labels \[5, 6, 7, 8, 9\] outside \[0, 4\]"),
+        (["-t", dkd], "its teacher is one of Arch.models"),
+    ]
+    for extra, message in cases:
+        capsys.readouterr()
+        assert run_tool("train", "-c", dkd, *base, *extra) == 2, extra
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+        import re
+        assert re.search(message, err), (message, err)
+
+
+def test_optimizer_and_schedules_in_the_trainers_spelling():
+    opt, lr = pc.optimizer_settings({"name": "Momentum", "momentum": 0.9, "weight_decay": "1e-4", "lr": {
+        "name": "Piecewise", "learning_rate": 0.1, "decay_epochs": [30, 60], "values": [0.1, 0.01, 0.001]}}, 10)
+    assert opt == {"type": "Momentum", "momentum": 0.9, "weight_decay": 1e-4}
+    assert lr["type"] == "MultiStepDecay" and lr["milestones"] == [300, 600] and lr["gamma"] == pytest.approx(0.1)
+    opt, lr = pc.optimizer_settings({"name": "Momentum", "lr": {"name": "Cosine", "learning_rate": 0.4,
+                                                                "warmup_epoch": 5}, "regularizer": {"name": "L2",
+                                                                                                    "coeff": 4e-5}}, 10)
+    assert opt["weight_decay"] == 4e-5
+    assert lr == {"learning_rate": 0.4, "type": "CosineAnnealingDecay", "eta_min": 0.0, "warmup_iters": 50,
+                  "warmup_start_lr": 0.0}
+    _, lr = pc.optimizer_settings({"name": "AdamW", "lr": {"name": "Linear", "learning_rate": 0.01}}, 10)
+    assert lr["type"] == "PolynomialDecay" and lr["power"] == 1.0
+    _, lr = pc.optimizer_settings({"name": "SGD", "lr": {"name": "MultiStepDecay", "learning_rate": 0.1,
+                                                         "milestones": [1, 2], "gamma": 0.5}}, 7)
+    assert lr["milestones"] == [7, 14]
+    with pytest.raises(Exception, match="Optimizer name 'Lamb' is not supported"):
+        pc.optimizer_settings({"name": "Lamb", "lr": 0.1}, 1)
