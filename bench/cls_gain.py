@@ -57,12 +57,19 @@ def main(argv=None):
     p.add_argument("--teacher_config", default=experiment.CONFIGS["teacher"])
     p.add_argument("--student_config", default=experiment.CONFIGS["student"])
     p.add_argument("--head_fixed_config", default=experiment.CONFIGS["head_fixed"])
+    p.add_argument("--methods", action="store_true",
+                   help="compare distillation methods instead (slim/apps/experiments/methods.py): one teacher, "
+                        "the student alone, KD, KD + logit standardisation, DIST, DKD, the best of them + PKD, "
+                        "each seed reading the teacher's outputs from a teacher cache; best checkpoint by val top-1")
+    p.add_argument("--teacher_weights", default=None, help="--methods: this trained teacher instead of training one")
     args = p.parse_args(argv)
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     t_start = time.time()
     data_dir = experiment.prepare(os.path.join(out, "prepare.log"), args.per_class, echo=False)
     opts = experiment.data_opts(data_dir)
+    if args.methods:
+        return compare_methods(args, out, opts)
     configs = {"teacher": args.teacher_config, "student": args.student_config, "head_fixed": args.head_fixed_config}
     extra = ["--iters", str(args.iters)] if args.iters else []
     per_seed, teacher_weights = [], None
@@ -110,6 +117,30 @@ def main(argv=None):
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump({"per_seed": per_seed, "args": vars(args)}, f, indent=1)
     return 0
+
+
+def compare_methods(args, out, opts):
+    from slim.apps.experiments import methods
+    out = os.path.join(out, "methods")
+    os.makedirs(out, exist_ok=True)
+    extra = ["--iters", str(args.iters)] if args.iters else []
+    teacher = args.teacher_weights
+    if teacher is None:
+        teacher_dir = os.path.join(out, "teacher")
+        shutil.rmtree(teacher_dir, ignore_errors=True)
+        commands.run([sys.executable, "tools/train.py", "--config", args.teacher_config, "--save_dir", teacher_dir,
+                      "--seed", "0", "--log_iters", "500", "--save_interval", "100000"] + extra + ["-o", *opts],
+                     os.path.join(out, "teacher.log"), echo=False)
+        teacher = commands.last_checkpoint(teacher_dir)
+    common = extra + ["--eval_interval", "250", "--log_iters", "500", "--save_interval", "100000"]
+    result = methods.sweep("cls", out, args.seeds, args.teacher_config, args.student_config, teacher, common, opts,
+                           log=lambda line: print(line, file=sys.stderr, flush=True))
+    table = methods.table(result, f"MNIST ({args.per_class} images per class and split), {args.seeds} seeds "
+                                  f"(--seed s, --data_seed 0), one teacher ({args.teacher_config}, {teacher}), "
+                                  f"student {args.student_config}, {args.iters or 'the configs'} iterations; best "
+                                  f"checkpoint by val top-1 of each run; CPU {os.environ.get('OMP_NUM_THREADS', '?')} "
+                                  f"threads")
+    methods.save(out, result, table)
 
 
 if __name__ == "__main__":

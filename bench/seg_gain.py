@@ -46,10 +46,17 @@ def main():
     p.add_argument("--out", default="output/bench/seg_gain")
     p.add_argument("--teacher_eval_interval", type=int, default=100)
     p.add_argument("--student_eval_interval", type=int, default=25)
+    p.add_argument("--methods", action="store_true",
+                   help="compare distillation methods instead (slim/apps/experiments/methods.py): one teacher, "
+                        "the student alone, KD, KD + logit standardisation, DIST, CWD on logits, the best of "
+                        "them + PKD, each seed reading the teacher's outputs from a teacher cache")
+    p.add_argument("--teacher_weights", default=None, help="--methods: this trained teacher instead of training one")
     args = p.parse_args()
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     run([PY, "tools/prepare_data.py", "nuclei", "--out", "data/nuclei"], os.path.join(out, "prepare.log"))
+    if args.methods:
+        return compare_methods(args, out)
 
     rows = {"teacher": [], "student alone": [], "distilled": []}
     nucleus = {k: [] for k in rows}
@@ -99,6 +106,28 @@ def main():
         f.write(table + "\n")
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump({"mIoU": rows, "nucleus_IoU": nucleus, "train_time_s": times}, f, indent=1)
+
+
+def compare_methods(args, out):
+    from slim.apps.experiments import methods
+    out = os.path.join(out, "methods")
+    os.makedirs(out, exist_ok=True)
+    teacher = args.teacher_weights
+    if teacher is None:
+        teacher_dir = os.path.join(out, "teacher")
+        shutil.rmtree(teacher_dir, ignore_errors=True)
+        run([PY, "tools/train.py", "--config", args.teacher_config, "--save_dir", teacher_dir, "--seed", "0",
+             "--do_eval", "--eval_interval", str(args.teacher_eval_interval), "--log_iters", "1000",
+             "--save_interval", "100000"], os.path.join(out, "teacher.log"))
+        teacher = os.path.join(teacher_dir, "best_model", "model.pdparams")
+    common = ["--eval_interval", str(args.student_eval_interval), "--log_iters", "1000", "--save_interval", "100000"]
+    result = methods.sweep("seg", out, args.seeds, args.teacher_config, args.student_config, teacher, common,
+                           log=lambda line: print(line, file=sys.stderr, flush=True))
+    table = methods.table(result, f"Nuclei segmentation, {args.seeds} seeds (--seed s, --data_seed 0), one teacher "
+                                  f"({args.teacher_config}, {teacher}), student {args.student_config}; best "
+                                  f"checkpoint by val mIoU of each run; CPU {os.environ.get('OMP_NUM_THREADS', '?')} "
+                                  f"threads")
+    methods.save(out, result, table)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ within each repetition (alone, KD, KD filling the cache, KD from the cache), `--
 The cost of a step is the trainer's own per-step time (`batch_cost` with --log_iters 1: reading the
 batch, the step, and for fill/cached the cache), so start-up (imports, building models, opening the
 cache) is not counted; the first 2 steps of each run are dropped, the median of the others taken, then the
-median over repetitions. Teachers here are untrained (--allow_untrained_teacher): a step costs the same.
+median over repetitions (odd repetitions run the modes in another order, against drifts of the machine's
+speed, which on a shared 2-core machine reach 15% between identical runs). Teachers here are untrained (--allow_untrained_teacher): a step costs the same.
 
 Result, cached vs uncached KD, 3 seeds (`--seeds`), on the demo pairs with trained teachers: the seg demo
 (LR-ASPP MobileNetV3-large -> small, best val mIoU as PaddleSeg reports it) and the cls demo (ConvNet,
@@ -76,7 +77,10 @@ def cost_runs(pair, cfg, out, reps, iters, data_opts):
                    "--allow_untrained_teacher"]
         cmds = {"alone": [PY, "tools/train.py", "-c", cfg["student"]],
                 "KD": distill, "fill": distill + ["--teacher_cache", cache], "cached": distill + ["--teacher_cache", cache]}
-        for mode in MODES:
+        # the filling run comes before the cached one; otherwise odd repetitions reverse the order, so that a
+        # drift of the machine's speed during a repetition does not favour one mode
+        order = list(MODES) if rep % 2 == 0 else ["fill", "cached", "KD", "alone"]
+        for mode in order:
             log = os.path.join(base, f"{mode}.log")
             run(cmds[mode] + ["--save_dir", os.path.join(base, mode)] + common, log)
             costs[mode].append(step_costs(log))
