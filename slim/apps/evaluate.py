@@ -8,11 +8,7 @@ Segmentation prints PaddleSeg's line `[EVAL] #Images: N mIoU: x Acc: x Kappa: x 
 IoU; classification prints top-1, top-5 and feature-matching recall@1 and saves the validation
 embeddings as .npy (in --save_dir). `--save_json F` also writes the metrics to a file.
 """
-import json
 import sys
-
-
-import paddle
 
 from slim.apps import launch, tools
 
@@ -29,12 +25,7 @@ def main(argv=None):
                    "the embeddings as .npy); default: the folder of --save_json, else the folder of the weights")
     args = p.parse_args(argv)
     task, cfg, model = tools.load_model_for_inference(args)
-    dataset = task.build_dataset(cfg, "val")
-    with paddle.no_grad():
-        metrics = task.evaluate(model, dataset, cfg, log=print)
-    if args.save_json:
-        with open(args.save_json, "w") as f:
-            json.dump(metrics, f, indent=1)
+    tools.evaluate_on_val(task, cfg, model, args.save_json)
     task.save_eval_outputs(args.save_dir or tools.default_output_dir(args, task, cfg), log=print)
     return 0
 

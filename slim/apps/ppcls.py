@@ -197,20 +197,14 @@ def _tool_parser(doc):
 
 
 def eval_main(argv):
-    import json
-    import paddle
+    from slim.apps import tools
     argv = pc.merge_opts(sys.argv[1:] if argv is None else argv)
     p = _tool_parser(__doc__)
     p.add_argument("--save_json", default=None, help="also write the metrics to this json file")
     p.add_argument("--save_dir", default=None, help=argparse_hidden())
     args = p.parse_args(argv)
     task, cfg, model = _model_for_tools(args)
-    dataset = task.build_dataset(cfg, "val")
-    with paddle.no_grad():
-        metrics = task.evaluate(model, dataset, cfg, log=print)
-    if args.save_json:
-        with open(args.save_json, "w") as f:
-            json.dump(metrics, f, indent=1)
+    tools.evaluate_on_val(task, cfg, model, args.save_json)
     return 0
 
 

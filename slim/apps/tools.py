@@ -51,3 +51,17 @@ def default_output_dir(args, task, cfg):
         return os.path.dirname(os.path.abspath(args.save_json))
     path = getattr(args, "local_weights", None) or model_path(args, task, cfg)[0]
     return os.path.dirname(os.path.abspath(resolve_weights_path(path)))
+
+
+def evaluate_on_val(task, cfg, model, save_json=None, log=print):
+    """The task's metrics of `model` on the config's val dataset; also written to `save_json` when given."""
+    import json
+
+    import paddle
+    dataset = task.build_dataset(cfg, "val")
+    with paddle.no_grad():
+        metrics = task.evaluate(model, dataset, cfg, log=log)
+    if save_json:
+        with open(save_json, "w") as f:
+            json.dump(metrics, f, indent=1)
+    return metrics
