@@ -180,6 +180,7 @@ def test_two_processes_fill_and_read_one_cache(seg, tmp_path):
     assert valid.sum() == 8  # 4 iterations x 1 sample x 2 processes, each rank wrote its own
     launch("cached")
     assert "8 sample(s) read, 0 computed" not in record(tmp_path / "fill")
+    assert "0 sample(s) read, 4 computed" in cache_line(tmp_path / "fill")  # rank 0's share, from the teacher
     assert "4 sample(s) read, 0 computed" in cache_line(tmp_path / "cached")  # rank 0's share
     la, lb = losses(tmp_path / "fill"), losses(tmp_path / "cached")
     assert len(la) == 4 and la == lb

@@ -143,6 +143,8 @@ class Distiller:
         self.teacher = freeze_teacher(teacher) if teacher is not None else None
         self._teacher_factory, self._teacher_adaptor = teacher_factory, TeacherAdaptor
         self.pairs = parse_pairs(distill_config)
+        # each pair's teacher tensors by name (computed once: the step only looks them up)
+        self._teacher_names = {p.name: [source_name(s) for s in p.teacher] for p in self.pairs}
         self.loss_fns = [build_loss(p.loss) for p in self.pairs]
         # losses with trainable parameters: trained, saved and synchronised like connectors
         self.loss_layers = paddle.nn.LayerDict()
@@ -181,6 +183,11 @@ class Distiller:
                               [s for p in self.pairs for s in p.teacher])
 
     @property
+    def needs_build(self):
+        """Connectors still have to infer their channels from a first batch (see build())."""
+        return self._needs_build
+
+    @property
     def teacher_built(self):
         return self._teacher is not None
 
@@ -193,12 +200,7 @@ class Distiller:
 
     def teacher_tensor_names(self):
         """The distinct teacher tensors the pairs compare, by name, in pair order."""
-        names = []
-        for pair in self.pairs:
-            for source in pair.teacher:
-                if source_name(source) not in names:
-                    names.append(source_name(source))
-        return names
+        return list(OrderedDict.fromkeys(n for p in self.pairs for n in self._teacher_names[p.name]))
 
     def teacher_features(self, *inputs, **kwargs):
         """Run the teacher alone (no_grad) -> OrderedDict name -> tensor of every teacher tensor the pairs
@@ -208,8 +210,7 @@ class Distiller:
             self._teacher.forward(inputs, kwargs)
         feats = OrderedDict()
         for pair in self.pairs:
-            for source in pair.teacher:
-                name = source_name(source)
+            for source, name in zip(pair.teacher, self._teacher_names[pair.name]):
                 if name not in feats:
                     feats[name] = self._teacher.feature(source, pair.name)
         return feats
@@ -302,7 +303,7 @@ class Distiller:
             teacher_out = self._teacher.output
         s_feats = {p.name: [self._student.feature(s, p.name) for s in p.student] for p in self.pairs}
         try:
-            t_feats = {p.name: [teacher_features[source_name(s)] for s in p.teacher] for p in self.pairs}
+            t_feats = {p.name: [teacher_features[n] for n in self._teacher_names[p.name]] for p in self.pairs}
         except KeyError as e:
             raise ConfigError(f"teacher_features has no tensor {e.args[0]!r}; give every name of "
                               f"teacher_tensor_names() ({self.teacher_tensor_names()}).") from None

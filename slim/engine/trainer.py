@@ -342,8 +342,8 @@ class Trainer:
             teacher = self.teacher_source.build(self.log)
         finally:
             env.set_rng_state(state)
-        if getattr(self, "precision", None) is not None and getattr(self, "distiller", None) is not None:
-            decorate_for_o2(self.precision, teacher)  # the run's O2 cast, when it starts mid-run
+        if getattr(self, "distiller", None) is not None:  # built after set-up cast the models (O2): cast it too
+            decorate_for_o2(self.precision, teacher)
         self.teacher = self.teacher_source.model = teacher
         return teacher
 
@@ -387,7 +387,7 @@ class Trainer:
             return None
         self.log(f"teacher cache {self.cache.root}: its fingerprint matches this run; cached entries are read "
                  f"and the teacher runs only for the others")
-        if self.distiller.teacher_built or not self.distiller._needs_build:
+        if self.distiller.teacher_built or not self.distiller.needs_build:
             return None
         arrays = self.cache.first_entry()
         return self._device_tensors(arrays) if arrays is not None else None

@@ -101,13 +101,15 @@ class RandomCrop:
 
 
 class CenterCrop:
+    name, resize = "CenterCrop", "Resize"  # as the config spells them, for messages
+
     def __init__(self, size):
-        self.w, self.h = _size2(size, "CenterCrop")
+        self.w, self.h = _size2(size, self.name)
 
     def __call__(self, img):
         h, w = img.shape[:2]
         if h < self.h or w < self.w:
-            raise ConfigError(f"CenterCrop of {self.w}x{self.h} on a {w}x{h} image; add a Resize before it")
+            raise ConfigError(f"{self.name} of {self.w}x{self.h} on a {w}x{h} image; add a {self.resize} before it")
         y, x = (h - self.h) // 2, (w - self.w) // 2
         return img[y:y + self.h, x:x + self.w]
 

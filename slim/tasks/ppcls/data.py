@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from slim.distill.errors import ConfigError
-from slim.tasks.cls.data import ClsFileList
+from slim.tasks.cls.data import CenterCrop, ClsFileList, _size2
 
 _INTERP = {None: Image.BILINEAR, 0: Image.NEAREST, 1: Image.BILINEAR, 2: Image.BICUBIC, 3: Image.BOX,
            4: Image.LANCZOS, "nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "linear": Image.BILINEAR,
@@ -41,14 +41,6 @@ def _resize(img, w, h, interpolation=None):
                           f"lanczos")
     out = np.asarray(Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img).resize((int(w), int(h)), method))
     return out[:, :, None] if out.ndim == 2 else out
-
-
-def _size2(size, what):
-    if isinstance(size, int):
-        return size, size
-    if isinstance(size, (list, tuple)) and len(size) == 2:
-        return int(size[0]), int(size[1])
-    raise ConfigError(f"{what}: size must be an int or [w, h], got {size!r}")
 
 
 def _number(value, what):
@@ -91,18 +83,9 @@ class ResizeImage:
         return _resize(img, nw, nh, self.interpolation)
 
 
-class CropImage:
-    """Centre crop of `size`."""
-
-    def __init__(self, size):
-        self.w, self.h = _size2(size, "CropImage")
-
-    def __call__(self, img):
-        h, w = img.shape[:2]
-        if h < self.h or w < self.w:
-            raise ConfigError(f"CropImage of {self.w}x{self.h} on a {w}x{h} image; resize first (ResizeImage)")
-        x, y = (w - self.w) // 2, (h - self.h) // 2
-        return img[y:y + self.h, x:x + self.w]
+class CropImage(CenterCrop):
+    """Centre crop of `size` (the classification task's CenterCrop, under PaddleClas's names)."""
+    name, resize = "CropImage", "ResizeImage"
 
 
 class RandCropImage:
