@@ -11,7 +11,7 @@ import pytest
 from slim.datasets import mnist
 from slim.tasks import detect_task_name
 from slim.tasks.ppcls import config as pc
-from tests.helpers.cli import ROOT, run_tool
+from tests.helpers.cli import ROOT, logged_losses, run_tool
 from tests.helpers.resume import assert_same_weights, run_interrupted
 
 CONFIGS = os.path.join(ROOT, "configs", "ppcls")
@@ -141,6 +141,69 @@ def test_mgd_generator_trains_with_the_student_and_is_checkpointed(run, tmp_path
     assert gen and not np.allclose(a[gen[0]].numpy(), b[gen[0]].numpy())
 
 
+def test_teacher_cache_serves_the_frozen_teacher_of_a_distillation_model(run, tmp_path, capsys):
+    """--teacher_cache with a DistillationModel config: the frozen Teacher's logits and return_patterns are
+    stored, and a run reading them logs the uncached run's losses bit for bit (float32 entries) without
+    running the Teacher; a changed transform is refused; mutual learning has no frozen teacher to store."""
+    cfg = cfg_path("resnet34_distill_resnet18_mgd.yaml")
+    args = [*data_opts(run["data"]), "-o", "Arch.models.0.Teacher.name=ResNet18",
+            f"Arch.models.0.Teacher.pretrained={run['teacher']}", 'Arch.models.0.Teacher.return_patterns=["blocks[7]"]',
+            "Loss.Train.1.DistillationPairLoss.t_key=blocks[7]", "Global.eval_during_train=False",
+            "Optimizer.lr.values=[0.001, 0.0001, 0.00001, 0.000001]", "--iters", 5, "--log_iters", 1, "--seed", 0]
+    cache = tmp_path / "cache"
+    flags = ["--teacher_cache", cache, "--teacher_cache_dtype", "float32"]
+    for name, extra in (("uncached", []), ("fill", flags), ("cached", flags)):
+        assert run_tool("train", "-c", cfg, *args, "--save_dir", tmp_path / name, *extra) == 0, name
+    # 30 samples, batch 8, drop_last False: 4 iterations per epoch, the last batch filled up; 5 iterations
+    # cross into the second epoch
+    fill, cached = (tmp_path / "fill" / "record.txt").read_text(), (tmp_path / "cached" / "record.txt").read_text()
+    assert "4 iterations per epoch" in fill
+    assert "new, for Teacher/logits, Teacher/blocks[7]" in fill and "0 sample(s) read, 40 computed" in fill
+    assert "40 sample(s) read, 0 computed" in cached
+    expected = logged_losses(tmp_path / "uncached")
+    assert [i for i, _ in expected] == [1, 2, 3, 4, 5] and "Train/loss_mgd_0_Student_Teacher" in expected[0][1]
+    assert logged_losses(tmp_path / "fill") == expected and logged_losses(tmp_path / "cached") == expected
+    # the cached run did not run the Teacher in training: only the model summary at set-up (parameters, MACs of
+    # one example) calls it once
+    from slim.tasks.ppcls import arch
+    calls = []
+    original = arch.DistillationModel._run_frozen
+    try:
+        arch.DistillationModel._run_frozen = lambda self, name, x: calls.append(name) or original(self, name, x)
+        assert run_tool("train", "-c", cfg, *args, "--save_dir", tmp_path / "again", *flags) == 0
+    finally:
+        arch.DistillationModel._run_frozen = original
+    assert calls == ["Teacher"] and logged_losses(tmp_path / "again") == expected
+    capsys.readouterr()
+    assert run_tool("train", "-c", cfg, *args, "-o", "DataLoader.Train.dataset.transform_ops.1.RandCropImage.size=28",
+                    "--save_dir", tmp_path / "other", *flags) == 2
+    assert "training data" in capsys.readouterr().err
+    udml = [*data_opts(run["data"]), "-o", "Arch.models.0.Teacher.name=PPLCNet_x0_25",
+            "Arch.models.1.Student.name=PPLCNet_x0_25", "--iters", 1]
+    assert run_tool("train", "-c", cfg_path("PPLCNet_x2_5_udml.yaml"), *udml, "--save_dir", tmp_path / "udml",
+                    "--teacher_cache", tmp_path / "c2") == 2
+    assert "freezes no model (mutual learning" in capsys.readouterr().err
+
+
+def test_sampler_drop_last_and_shuffle_as_paddleclas_sets_them(run):
+    from slim.engine.data import ResumableBatchSampler
+    from slim.tasks.ppcls.task import Task
+    cfg = pc.load(cfg_path("ResNet50_vd_mnist.yaml"), data_opts(run["data"])[1:])
+    task = Task()
+    assert task.iters_per_epoch(cfg) == 4  # 30 samples, batch 8, drop_last False
+    assert task.training_settings(cfg)["drop_last"] is False and task.training_settings(cfg)["shuffle"] is True
+    cfg["DataLoader"]["Train"]["sampler"]["drop_last"] = True
+    assert task.iters_per_epoch(cfg) == 3
+    for n, batch, world in ((30, 8, 1), (30, 4, 2), (3, 8, 1)):
+        seen = []
+        for rank in range(world):
+            sampler = ResumableBatchSampler(n, batch, True, False, rank, world, seed=1)
+            keys = [k for b in sampler for k in b]
+            assert all(len(b) == batch for b in sampler)
+            seen += [i for _, i in keys]
+        assert set(seen) == set(range(n)), (n, batch, world)  # every sample in the epoch, every batch full
+
+
 def test_user_errors_are_one_clear_line(run, capsys, tmp_path, monkeypatch):
     import urllib.error
     import urllib.request
@@ -179,7 +242,23 @@ def test_optimizer_and_schedules_in_the_trainers_spelling():
     opt, lr = pc.optimizer_settings({"name": "Momentum", "momentum": 0.9, "weight_decay": "1e-4", "lr": {
         "name": "Piecewise", "learning_rate": 0.1, "decay_epochs": [30, 60], "values": [0.1, 0.01, 0.001]}}, 10)
     assert opt == {"type": "Momentum", "momentum": 0.9, "weight_decay": 1e-4}
-    assert lr["type"] == "MultiStepDecay" and lr["milestones"] == [300, 600] and lr["gamma"] == pytest.approx(0.1)
+    assert lr["type"] == "PiecewiseDecay" and lr["boundaries"] == [300, 600]
+    # values that do not fall by one factor, with warm-up: the rate at each iteration as PaddleClas's
+    # Piecewise + LinearWarmup give it (boundaries counted after the warm-up, by paddle's LinearWarmup)
+    from slim.engine.optim import build_lr_scheduler
+    _, lr = pc.optimizer_settings({"lr": {"name": "Piecewise", "learning_rate": 0.1, "decay_epochs": [2, 3],
+                                          "values": [0.1, 0.05, 0.001], "warmup_epoch": 1}}, 4)
+    sched = build_lr_scheduler({"lr_scheduler": lr}, 40, 4)
+    rates = []
+    for _ in range(20):
+        rates.append(sched.get_lr())
+        sched.step()
+    expected = [0.1 * i / 4 for i in range(4)] + [0.1] * 8 + [0.05] * 4 + [0.001] * 4
+    assert rates == pytest.approx(expected)
+    sched = build_lr_scheduler({"lr_scheduler": lr}, 40, 4, lr_scale=2.0)
+    for _ in range(19):
+        sched.step()
+    assert sched.get_lr() == pytest.approx(0.002)
     opt, lr = pc.optimizer_settings({"name": "Momentum", "lr": {"name": "Cosine", "learning_rate": 0.4,
                                                                 "warmup_epoch": 5}, "regularizer": {"name": "L2",
                                                                                                     "coeff": 4e-5}}, 10)

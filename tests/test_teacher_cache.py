@@ -1,7 +1,6 @@
 """The teacher-output cache: a cached run replays the uncached run's losses without building the teacher,
 a changed teacher or data seed never reads old entries, a killed write is refilled, two processes share it,
 a full disk is refused, and top-k logits keep FKD's soft labels."""
-import json
 import os
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import pytest
 from slim.apps.launch import load_task_config
 from slim.distill.errors import ConfigError
 from slim.engine.teacher_cache import TeacherCache, part
-from tests.helpers.cli import ROOT, SCRIPTS, run_tool
+from tests.helpers.cli import ROOT, SCRIPTS, logged_losses as losses, run_tool
 from tests.helpers.seg_fixtures import make_tiny_seg
 
 ITERS = 6  # 6 train slices, batch 2: 3 iterations per epoch, so two epochs
@@ -42,18 +41,6 @@ def seg(tmp_path_factory):
 def distill(seg, save_dir, *extra, teacher="teacher_a"):
     return run_tool("distill_train", "-t", seg["teacher"], "-c", seg["student"], "--teacher_pretrained",
                     seg[teacher], *COMMON, "--save_dir", save_dir, *extra)
-
-
-def losses(save_dir):
-    """[(iteration, {term: value})] as logged at every iteration."""
-    rows = []
-    with open(os.path.join(save_dir, "history.jsonl")) as f:
-        for line in f:
-            row = json.loads(line)
-            if "Train/loss" in row:
-                rows.append((row["iter"], {k: v for k, v in row.items() if k.startswith("Train/") and "lr" not in k
-                                           and "cost" not in k and "ips" not in k}))
-    return rows
 
 
 def record(save_dir):

@@ -13,7 +13,7 @@ Global: epochs, output_dir (runs go to OUTPUT_DIR/<Arch.name>), save_interval an
 eval_during_train, pretrained_model (weights to start from; the weights to evaluate or export),
 checkpoints (resume), use_visualdl, print_batch_step, device (gpu falls back to cpu, with a log line, when no
 GPU is visible), seed, image_shape (export input). AMP (a section with use_amp not False): --precision fp16 at
-AMP.level.
+AMP.level. --teacher_cache DIR stores the frozen models' outputs (slim/engine/teacher_cache.py) for later runs.
 """
 import os
 import sys
@@ -88,18 +88,15 @@ def train_main(argv):
     p.add_argument("--config", "-c", "--student_config", dest="config", required=True)
     p.add_argument("--teacher_config", "--teather_config", "-t", default=None, help=argparse_hidden())
     p.add_argument("--slim_config", default=None, help=argparse_hidden())
-    p.add_argument("--teacher_cache", default=None, help=argparse_hidden())
     p.add_argument("--teacher_pretrained", default=None,
                    help="weights of the frozen model(s): same as -o Arch.models.0.<Name>.pretrained=P")
     launch.add_common_flags(p)
+    launch.add_teacher_cache_flags(p)
     args = p.parse_args(argv)
     if args.teacher_config or args.slim_config:
         raise ConfigError(f"{args.config} is a PaddleClas config: its teacher is one of Arch.models; drop "
                           f"-t/--teacher_config/--slim_config and give the teacher's weights with "
                           f"-o Arch.models.0.Teacher.pretrained=PATH.")
-    if args.teacher_cache:
-        raise ConfigError(f"--teacher_cache stores a separate teacher's outputs (-t); {args.config} runs its teacher "
-                          f"inside Arch (DistillationModel), which the cache does not cover. Drop --teacher_cache.")
     notes = []
     cfg = pc.load(args.config, args.opts, log=notes.append)
     g = pc.global_cfg(cfg)
@@ -155,7 +152,9 @@ def train_main(argv):
         eval_interval=eval_interval, use_vdl=bool(args.use_vdl or g.get("use_visualdl")),
         num_workers=args.num_workers, seed=seed, resume_model=args.resume_model or g.get("checkpoints"),
         overwrite=getattr(args, "overwrite", False), analyse=getattr(args, "analyse", False),
-        precision=precision or "fp32", amp_level=level or "O1", data_seed=getattr(args, "data_seed", None))
+        precision=precision or "fp32", amp_level=level or "O1", data_seed=getattr(args, "data_seed", None),
+        teacher_cache=args.teacher_cache, teacher_cache_dtype=args.teacher_cache_dtype,
+        teacher_cache_topk=args.teacher_cache_topk, teacher_cache_rebuild=args.teacher_cache_rebuild)
     notes.append(f"{ipe} iterations per epoch; checkpoints every {save_interval}, evaluation every {eval_interval} "
                  f"iterations" + ("" if options.do_eval else " (evaluation off: Global.eval_during_train is not True)"))
     launch.train(task, cfg, model, options=options, notes=notes)

@@ -177,7 +177,9 @@ class ResumableBatchSampler(paddle.io.BatchSampler):
         for b in range(self.start_batch, len(self)):
             chunk = indices[b * total:(b + 1) * total]
             if len(chunk) < total and not self.drop_last:
-                chunk = np.concatenate([chunk, indices[:total - len(chunk)]])  # pad like paddle's sampler
+                # drop_last False: the last batch is filled up from the start of the epoch's order, so that
+                # every sample is seen and every batch is full (BatchNorm, a teacher cache's batch layout)
+                chunk = np.concatenate([chunk, np.resize(indices, total - len(chunk))])
             mine = chunk[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
             yield [(self.epoch, int(i)) for i in mine]
 

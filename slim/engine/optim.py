@@ -58,6 +58,13 @@ def build_lr_scheduler(cfg, total_iters, iters_per_epoch, lr_scale=1.0, warmup_s
     decay_iters = max(total_iters - warmup, 1)
     if kind == "Constant":
         schedule = base_lr
+    elif kind == "PiecewiseDecay":  # values[k] after the k-th boundary (iterations); learning_rate is values[0]
+        boundaries, values = lr_cfg.pop("boundaries", None), lr_cfg.pop("values", None)
+        if not boundaries or not values or len(values) != len(boundaries) + 1:
+            raise ConfigError("lr_scheduler PiecewiseDecay needs boundaries (iterations) and values (one more "
+                              "value than boundaries).")
+        schedule = paddle.optimizer.lr.PiecewiseDecay([int(b) for b in boundaries],
+                                                      [float(v) * lr_scale for v in values])
     else:
         cls = getattr(paddle.optimizer.lr, kind, None)
         if not (isinstance(cls, type) and issubclass(cls, paddle.optimizer.lr.LRScheduler)):

@@ -9,7 +9,9 @@ compare (the teacher's side of each pair: logits and/or features, before connect
 is built only when an entry is missing (and then fills it). Exact replay needs the same augmented view of a
 sample at the same (epoch, index): the data loader seeds each sample's random transforms from
 (data seed, epoch, index) (slim/engine/data.py), and `--data_seed` (default: `--seed`) is separate from the
-seed that initialises the student, so students of several seeds share one cache.
+seed that initialises the student, so students of several seeds share one cache. A model that runs its own
+frozen teacher (a PaddleClas DistillationModel: the task's `inner_teacher`) is served the same way: its
+frozen models' outputs are stored, and its forward takes them instead of running those models.
 
 Layout of a cache folder (numpy memmap shards: many readers, large arrays, no pickle per sample):
     meta.json                     the fingerprint (below) and each tensor's per-sample shape and dtype
@@ -469,12 +471,18 @@ class TeacherSource:
 
 
 def layer_parts(model):
-    """Fingerprint components of an already built teacher: its weights' bytes and its layers."""
+    """Fingerprint components of an already built teacher: its weights' bytes and its layers. `model` may be
+    a dict {name: Layer} of several frozen models (their keys prefixed by the name)."""
+    layers = model if isinstance(model, dict) else {"": model}
     h = hashlib.sha256()
-    for name, value in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(np.ascontiguousarray(value.numpy()).tobytes())
+    for prefix, layer in layers.items():
+        for name, value in sorted(layer.state_dict().items()):
+            h.update((f"{prefix}.{name}" if prefix else name).encode())
+            h.update(np.ascontiguousarray(value.numpy()).tobytes())
     weights = h.hexdigest()
+    what = ", ".join(f"{p} ({type(m).__name__})" if p else type(m).__name__ for p, m in layers.items())
     return OrderedDict([("teacher weights", {"about": f"sha256 {weights[:12]} of the teacher's state dict",
                                              "digest": weights}),
-                        ("teacher model", part(f"{type(model).__name__} layers", repr(model)))])
+                        ("teacher model", part(f"{what} layers",
+                                               repr(model) if not isinstance(model, dict)
+                                               else {p: repr(m) for p, m in layers.items()}))])

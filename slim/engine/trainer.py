@@ -256,7 +256,9 @@ class Trainer:
         data_seed = getattr(opts, "data_seed", None)
         self.data_seed = (opts.seed or 0) if data_seed is None else int(data_seed)
         self.stream = BatchStream(train_set, batch_size, self.task.collate_fn("train"), opts.num_workers,
-                                  seed=self.data_seed, rank=env.rank(), world_size=world)
+                                  seed=self.data_seed, rank=env.rank(), world_size=world,
+                                  shuffle=bool(self.settings.get("shuffle", True)),
+                                  drop_last=bool(self.settings.get("drop_last", True)))
         self.iters_per_epoch = self.stream.iters_per_epoch
         self.max_iters = self._total_iters()
         self.val_set = self.task.build_dataset(self.cfg, "val") if opts.do_eval else None
@@ -276,10 +278,12 @@ class Trainer:
         model = paddle.DataParallel(self.student) if world > 1 else self.student
         self.model = model
         self.distiller = None
+        self.teacher_runner = None  # what the teacher cache asks for teacher tensors: the distiller, or the model's
         if self.teacher is not None or self.teacher_source is not None:
             # finiteness is checked by the trainer at log steps (no host sync per step)
             self.distiller = Distiller(model, self.teacher, self.pairs, *self.adaptors, check_finite=False,
                                        teacher_factory=self._build_teacher)
+            self.teacher_runner = self.distiller
             example_feats = None
             if getattr(opts, "teacher_cache", None):
                 example_feats = self._open_cache(train_set, batch_size, world, example, args, kwargs)
@@ -290,6 +294,13 @@ class Trainer:
                 self.log(f"distill {pair.describe()}, weight {pair.weight}")
         elif self.pairs:
             raise ConfigError("Distillation pairs were given but no teacher: pass a teacher config.")
+        elif getattr(opts, "teacher_cache", None):
+            # a model that runs its frozen teacher itself (the task's inner_teacher) reads the cached tensors
+            self.teacher_runner = self.task.inner_teacher(unwrap(self.student))
+            if self.teacher_runner is None:
+                raise ConfigError("--teacher_cache stores a frozen teacher's outputs, but this run has no frozen "
+                                  "teacher: give a teacher config (-t), or drop --teacher_cache.")
+            self._open_cache(train_set, batch_size, world, example, args, kwargs)
         if getattr(opts, "analyse", False):  # every process measures (the step's backward all-reduces)
             if self.distiller is not None and not self.distiller.teacher_built:
                 self.distiller.ensure_teacher()  # measured too, although the cache may spare running it
@@ -353,6 +364,8 @@ class Trainer:
         parts = OrderedDict()
         if self.teacher_source is not None:
             parts.update(self.teacher_source.parts)
+        elif self.distiller is None:
+            parts.update(self.teacher_runner.teacher_parts())
         else:
             parts.update(layer_parts(self.teacher))
         files = []
@@ -364,7 +377,7 @@ class Trainer:
                                        "samples": len(train_set)})
         parts["data seed"] = part(f"--data_seed {self.data_seed}")
         parts["batches"] = part(f"{batch_size} samples per process x {world} process(es)")
-        names = self.distiller.teacher_tensor_names()
+        names = self.teacher_runner.teacher_tensor_names()
         parts["teacher tensors"] = part(", ".join(names))
         parts["teacher precision"] = part(f"{self.precision.name} {self.precision.level}")
         return parts
@@ -381,13 +394,13 @@ class Trainer:
             if example is None:
                 raise ConfigError("--teacher_cache needs a collated example batch to size its entries.")
             with self.precision.autocast():
-                feats = self.distiller.teacher_features(*args, **kwargs)
+                feats = self.teacher_runner.teacher_features(*args, **kwargs)
             self.cache.create(self.cache.tensor_layout(self._host_arrays(feats)))
             self.log(f"teacher cache {self.cache.root}: new, for {', '.join(self.cache.layout)}")
             return None
         self.log(f"teacher cache {self.cache.root}: its fingerprint matches this run; cached entries are read "
                  f"and the teacher runs only for the others")
-        if self.distiller.teacher_built or not self.distiller.needs_build:
+        if self.distiller is None or self.distiller.teacher_built or not self.distiller.needs_build:
             return None
         arrays = self.cache.first_entry()
         return self._device_tensors(arrays) if arrays is not None else None
@@ -426,12 +439,12 @@ class Trainer:
         arrays = self.cache.lookup(keys)
         if arrays is not None:
             return self._device_tensors(arrays)
-        if not self.distiller.teacher_built:
+        if self.distiller is not None and not self.distiller.teacher_built:
             if self.iter > self.start_iter or self.cache.read_samples:
                 self.log(f"teacher cache: entries missing from iteration {self.iter + 1}: building the teacher "
                          f"to compute and store them")
             self.distiller.ensure_teacher()
-        feats = self.distiller.teacher_features(*args, **kwargs)
+        feats = self.teacher_runner.teacher_features(*args, **kwargs)
         self.cache.store(keys, self._host_arrays(feats))
         # train on what was stored (float16, top-k), as every later run reading these entries will
         return self._device_tensors(self.cache.lookup(keys, count=False))
@@ -646,6 +659,9 @@ class Trainer:
                 out = self.distiller(*args, label=self.task.distill_label(batch),
                                      teacher_features=self._teacher_features(args, kwargs), **kwargs)
                 student_out, distill_terms = out.student_out, out.losses
+            elif self.cache is not None:  # the model's own frozen teacher, its tensors from the cache
+                student_out = self.model(*args, teacher_features=self._teacher_features(args, kwargs), **kwargs)
+                distill_terms = {}
             else:
                 student_out, distill_terms = self.model(*args, **kwargs), {}
             if low:  # the task's losses in fp32 too

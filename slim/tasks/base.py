@@ -24,7 +24,9 @@ class TaskBase:
     def training_settings(self, cfg):
         """The trainer's keys, in this package's (PaddleSeg-style) spelling: batch_size, iters or epochs,
         optimizer, lr_scheduler (or learning_rate), and optionally reference_batch_size (the total batch
-        the learning rate was set for; the trainer scales linearly when the run's total batch differs).
+        the learning rate was set for; the trainer scales linearly when the run's total batch differs), and
+        shuffle / drop_last of the training batches (default True / True; drop_last False fills the last batch
+        of an epoch up from the start of the epoch's order).
         A task whose configs spell these otherwise (ppdet's TrainReader, LearningRate, ...) translates here."""
         return cfg
 
@@ -137,6 +139,14 @@ class TaskBase:
     def example_inputs(self, cfg, input_shape=None):
         """Inputs for one forward, used for connector building, layer listing and FLOPs."""
         raise NotImplementedError
+
+    def inner_teacher(self, model):
+        """For models that run a frozen teacher inside their own forward (one config holding both models): an
+        object the teacher-output cache reads from, or None. It has teacher_tensor_names() (the frozen tensors
+        the losses read), teacher_features(*inputs) (OrderedDict name -> tensor, run under no_grad),
+        teacher_parts() (the cache fingerprint of the frozen weights and layers), and the model's forward takes
+        `teacher_features=` (that dict) in place of running the frozen part."""
+        return None
 
     def pair_needs_teacher(self, cfg):
         """Whether `prepare_pair` changes the student from the teacher (then the teacher is built before

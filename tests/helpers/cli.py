@@ -1,5 +1,6 @@
 """Run the command-line tools in-process (fast) or as real subprocesses."""
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -27,3 +28,15 @@ def run_process(name, *args, timeout=600, env=None):
     cmd = [sys.executable, os.path.join(ROOT, SCRIPTS[name])] + [str(a) for a in args]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                           env=dict(os.environ, **(env or {})))
+
+
+def logged_losses(save_dir):
+    """[(iteration, {term: value})] of the loss terms a run logged to its history.jsonl."""
+    rows = []
+    with open(os.path.join(save_dir, "history.jsonl")) as f:
+        for line in f:
+            row = json.loads(line)
+            if "Train/loss" in row:
+                rows.append((row["iter"], {k: v for k, v in row.items() if k.startswith("Train/") and "lr" not in k
+                                           and "cost" not in k and "ips" not in k}))
+    return rows

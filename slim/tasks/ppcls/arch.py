@@ -27,6 +27,7 @@ import importlib.util
 import os
 import re
 import sys
+from collections import OrderedDict
 
 import paddle
 import paddle.nn as nn
@@ -160,16 +161,53 @@ class DistillationModel(nn.Layer):
             rec.remove()
         self._captures = {}
 
-    def forward(self, x):
+    # ----- the frozen models' tensors for a teacher-output cache (slim/engine/teacher_cache.py) ---------------
+    def frozen_names(self):
+        return [n for n in self.model_names if self.frozen[n]]
+
+    def _output_keys(self, name):
+        """The tensors of a sub-model's output: None for plain logits, else 'logits' and the captured patterns."""
+        refs = self._captures.get(name, (None, None))[0]
+        return ["logits", *refs] if refs else [None]
+
+    def teacher_tensor_names(self):
+        return [f"{n}/{k}" if k else n for n in self.frozen_names() for k in self._output_keys(n)]
+
+    def _run_frozen(self, name, x):
+        model = self.sub(name)
+        if model.training:  # Layer.train() on a parent reaches it; a frozen model stays in eval mode
+            model.eval()
+        refs, rec = self._captures.get(name, (None, None))
+        with paddle.no_grad():
+            return run_with_captures(model, x, refs, rec)
+
+    def teacher_features(self, x):
+        """OrderedDict `Name` (plain logits) or `Name/logits`, `Name/<pattern>` -> tensor, for every frozen model."""
+        feats = OrderedDict()
+        for name in self.frozen_names():
+            out = self._run_frozen(name, x)
+            for k in self._output_keys(name):
+                feats[f"{name}/{k}" if k else name] = out[k] if k else out
+        return feats
+
+    def teacher_parts(self):
+        from slim.engine.teacher_cache import layer_parts
+        return layer_parts({n: self.sub(n) for n in self.frozen_names()})
+
+    def _from_features(self, name, feats):
+        keys = self._output_keys(name)
+        return feats[name] if keys == [None] else {k: feats[f"{name}/{k}"] for k in keys}
+
+    def forward(self, x, teacher_features=None):
+        """teacher_features: the frozen models' tensors (teacher_features()), e.g. read from a teacher-output
+        cache; the frozen models then do not run."""
         out = {}
         for name in self.model_names:
             model = self.sub(name)
             refs, rec = self._captures.get(name, (None, None))
             if self.frozen[name]:
-                if model.training:  # Layer.train() on a parent reaches it; a frozen model stays in eval mode
-                    model.eval()
-                with paddle.no_grad():
-                    out[name] = run_with_captures(model, x, refs, rec)
+                out[name] = (self._from_features(name, teacher_features) if teacher_features is not None
+                             else self._run_frozen(name, x))
             else:
                 out[name] = run_with_captures(model, x, refs, rec)
         losses = self._sub_layers.get("loss_layers")

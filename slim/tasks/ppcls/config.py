@@ -203,13 +203,9 @@ def optimizer_settings(opt_cfg, iters_per_epoch, log=print):
         if not epochs or not values or len(values) != len(epochs) + 1:
             raise ConfigError("Optimizer.lr Piecewise needs decay_epochs and values (one more value than epochs)")
         values = [_f(v, "Optimizer.lr.values") for v in values]
-        ratios = [b / a if a else None for a, b in zip(values, values[1:])]
-        if any(r is None for r in ratios) or max(ratios) - min(ratios) > 1e-6 * max(abs(r) for r in ratios):
-            raise ConfigError(f"Optimizer.lr Piecewise values {values}: only values that fall by one factor at each "
-                              f"boundary (e.g. [0.1, 0.01, 0.001]) are supported; use MultiStepDecay otherwise.")
-        # the same rates: values[0] * gamma^k after the k-th boundary
-        sched.update(learning_rate=values[0], type="MultiStepDecay", milestones=[int(e) * ipe for e in epochs],
-                     gamma=ratios[0] if ratios else 1.0)
+        # values[k] after the k-th boundary, as PaddleClas's Piecewise (boundaries at decay_epochs x epoch length)
+        sched.update(learning_rate=values[0], type="PiecewiseDecay", boundaries=[int(e) * ipe for e in epochs],
+                     values=values)
     elif kind == "MultiStepDecay":
         milestones = lr.pop("milestones", None)
         if not milestones:

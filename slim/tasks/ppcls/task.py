@@ -255,6 +255,17 @@ class Task(TaskBase):
                     loss.infer_model_name = infer
         return losses
 
+    def inner_teacher(self, model):
+        """--teacher_cache: the DistillationModel's frozen models are the teacher whose tensors are stored."""
+        if not isinstance(model, ppcls_arch.DistillationModel):
+            raise ConfigError(f"--teacher_cache stores the outputs of a DistillationModel's frozen teacher; this Arch "
+                              f"is a single model ({type(model).__name__}). Drop --teacher_cache.")
+        if not model.frozen_names():
+            raise ConfigError("--teacher_cache stores a frozen teacher's outputs, but Arch.freeze_params_list freezes "
+                              "no model (mutual learning: every model trains, so no output stays the same). Drop "
+                              "--teacher_cache.")
+        return model
+
     def build_task_loss(self, cfg):
         if self.train_losses is None:
             self.build_model(cfg)
@@ -305,16 +316,26 @@ class Task(TaskBase):
         return str((cfg.get("Arch") or {}).get("name", "ppcls"))
 
     # ----- settings ---------------------------------------------------------------------------------------
+    @staticmethod
+    def _sampling(cfg):
+        """shuffle and drop_last of DataLoader.Train.sampler, with the defaults of Paddle's
+        DistributedBatchSampler (False, False) that PaddleClas builds."""
+        s = pc.sampler(cfg, "Train")
+        return {"shuffle": bool(s.get("shuffle", False)), "drop_last": bool(s.get("drop_last", False))}
+
     def iters_per_epoch(self, cfg):
+        from slim.engine.data import ResumableBatchSampler
         n = len(self.build_dataset(cfg, "train"))
-        total = pc.batch_size(cfg, "Train") * max(env.world_size(), 1)
-        return max(n // total, 1)
+        sampling = self._sampling(cfg)
+        return len(ResumableBatchSampler(n, pc.batch_size(cfg, "Train"), sampling["shuffle"], sampling["drop_last"],
+                                         0, max(env.world_size(), 1)))
 
     def training_settings(self, cfg):
         g = pc.global_cfg(cfg)
         ipe = self.iters_per_epoch(cfg)
         optimizer, schedule = pc.optimizer_settings(cfg.get("Optimizer"), ipe, log=self.log)
-        settings = {"batch_size": pc.batch_size(cfg, "Train"), "optimizer": optimizer, "lr_scheduler": schedule}
+        settings = {"batch_size": pc.batch_size(cfg, "Train"), "optimizer": optimizer, "lr_scheduler": schedule,
+                    **self._sampling(cfg)}
         if self.iters:
             settings["iters"] = int(self.iters)
         else:
@@ -322,6 +343,9 @@ class Task(TaskBase):
         return settings
 
     # ----- data -------------------------------------------------------------------------------------------
+    def data_config(self, cfg):
+        return ((cfg.get("DataLoader") or {}).get("Train") or {}).get("dataset")
+
     def build_dataset(self, cfg, mode):
         section = "Train" if mode == "train" else "Eval"
         key = (section, id(cfg))
