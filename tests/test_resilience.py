@@ -103,6 +103,27 @@ def test_sigterm_saves_exits_143_and_auto_resume_ends_bit_equal(seg, capsys):
     assert_bit_equal(seg["unbroken"] / f"iter_{ITERS}", out / f"iter_{ITERS}")
 
 
+def test_sigterm_to_the_whole_process_group_with_loader_workers_still_saves(seg):
+    """A scheduler (or `kill -- -PGID`) sends SIGTERM to every process of the job, the data-loading workers
+    included: they leave the stop to the training process, which finishes its step, saves and exits 143."""
+    out = seg["root"] / "sigterm_group"
+    cmd = [sys.executable, os.path.join(ROOT, SCRIPTS["train"]), "--config", seg["teacher"],
+           *[str(a) for a in COMMON], "--save_interval", "100", "--num_workers", "2", "--save_dir", str(out)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"), start_new_session=True)
+    seen = read_until(proc, f"iter: 2/{ITERS}")
+    os.killpg(proc.pid, signal.SIGTERM)
+    output = finish(proc, seen)
+    assert proc.returncode == 143, output
+    saved = checkpoints(out)
+    assert len(saved) == 1 and f"stopped by SIGTERM at iteration {saved[0][5:]}/{ITERS}" in output, output
+    assert read_checkpoint(str(out / saved[0]))["state"]["iter"] == int(saved[0][5:])
+    # resumed with workers again, to the end: the same weights as the unbroken run without workers
+    assert run_tool("train", "--config", seg["teacher"], *COMMON, "--save_interval", 100, "--num_workers", 2,
+                    "--save_dir", out, "--resume_model", "auto") == 0
+    assert_bit_equal(seg["unbroken"] / f"iter_{ITERS}", out / f"iter_{ITERS}")
+
+
 def signal_again_during_the_save(seg, out, sig, repeats):
     """Send `sig` once training runs, then `repeats` more times while the stop's (slowed) save is under way."""
     proc = start(seg, out, "--save_interval", 100, env={"SLIM_TEST_SLOW_SAVE": "1.5"})

@@ -11,6 +11,7 @@ DataLoader thread would otherwise print a traceback and leave the run waiting fo
 import math
 import os
 import random
+import signal
 
 import numpy as np
 import paddle
@@ -115,6 +116,14 @@ class _LoaderDataset(paddle.io.Dataset):
             return index, _Failed(str(sample_error(self.seeded.base, index, e)))
 
 
+def _worker_leaves_stopping_to_the_trainer(worker_id):
+    """Data-loading workers ignore SIGTERM. A SIGTERM sent to the whole process group (a scheduler, `kill --
+    -PGID`) would otherwise end them at once (Paddle's workers install their own handler) and fail the training
+    process before it saves its stop checkpoint. They still end with the loader, or when the training process
+    is gone (Paddle's workers watch their parent)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class _LoaderCollate:
     """The task's collate on the samples; a failed sample or collate becomes a batch that carries the
     message (with a placeholder array: paddle's loader queue needs at least one tensor)."""
@@ -212,8 +221,23 @@ class BatchStream:
         self._keys, self._position = list(iter(self.sampler)), 0  # what the loader yields, in its order
         loader = paddle.io.DataLoader(_LoaderDataset(self.dataset), batch_sampler=self.sampler,
                                       collate_fn=_LoaderCollate(self.collate_fn, self.dataset.base),
-                                      num_workers=self.num_workers, return_list=True)
+                                      num_workers=self.num_workers, return_list=True,
+                                      worker_init_fn=_worker_leaves_stopping_to_the_trainer if self.num_workers else None)
         self._iter = iter(loader)
+
+    def close(self, timeout=10.0):
+        """End the loader's worker processes now. Left to garbage collection, a run stopped by an exception
+        keeps them (its traceback holds the loader) until interpreter exit, where multiprocessing's SIGTERM,
+        which they ignore, would not end them."""
+        it, self._iter = self._iter, None
+        workers = getattr(it, "_workers", None)
+        if not workers:  # no worker processes (--num_workers 0)
+            return
+        it._try_shutdown_all(timeout)
+        for worker in workers:
+            if worker.is_alive():  # stuck in a sample: nothing of it is needed any more
+                worker.kill()
+                worker.join(1.0)
 
     def __iter__(self):
         return self

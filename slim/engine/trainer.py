@@ -85,8 +85,8 @@ class StopSignals:
 
     Data-loading worker processes forked after install() inherit the handlers and ignore SIGINT and SIGUSR1
     (a Ctrl-C reaches the whole process group): the main process finishes its step and they end with it.
-    Paddle's workers set their own SIGTERM handler, so a SIGTERM sent to the whole group (rather than to
-    the training process) ends them, and with --num_workers > 0 the run then fails without saving."""
+    They ignore SIGTERM too (data.py sets it in each worker, over Paddle's own handler), so a SIGTERM sent to
+    the whole group stops the run the same way."""
 
     def __init__(self):
         self.signum = 0  # the first signal received; 0: none
@@ -630,6 +630,8 @@ class Trainer:
             self.vdl_writer = None
         if self.distiller is not None:
             self.distiller.close()
+        if getattr(self, "stream", None) is not None:
+            self.stream.close()
         if self.cache is not None:
             self.log(f"teacher cache {self.cache.root}: {self.cache.read_samples} sample(s) read, "
                      f"{self.cache.written_samples} computed by the teacher and written")
