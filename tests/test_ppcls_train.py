@@ -204,6 +204,17 @@ def test_sampler_drop_last_and_shuffle_as_paddleclas_sets_them(run):
         assert set(seen) == set(range(n)), (n, batch, world)  # every sample in the epoch, every batch full
 
 
+def test_timm_autoaugment_and_random_erasing_train_from_the_config(run, tmp_path):
+    ops = ('DataLoader.Train.dataset.transform_ops=[{DecodeImage: {to_rgb: True}}, {RandCropImage: {size: 32}}, '
+           '{TimmAutoAugment: {config_str: rand-m9-mstd0.5-inc1, interpolation: bicubic, img_size: 32}}, '
+           '{NormalizeImage: {scale: 1.0/255.0, order: ""}}, {RandomErasing: {EPSILON: 0.25, sl: 0.02, sh: 1.0/3.0, '
+           'r1: 0.3, attempt: 10, use_log_aspect: True, mode: pixel}}]')
+    args = [*data_opts(run["data"]), "-o", "Arch.name=MobileNetV3_small_x0_35", ops, "Global.eval_during_train=False",
+            "--iters", 2, "--save_dir", tmp_path / "aa"]
+    assert run_tool("train", "-c", cfg_path("ResNet50_vd_mnist.yaml"), *args) == 0
+    assert "iter: 2/2" in (tmp_path / "aa" / "record.txt").read_text()
+
+
 def test_user_errors_are_one_clear_line(run, capsys, tmp_path, monkeypatch):
     import urllib.error
     import urllib.request
@@ -227,6 +238,10 @@ def test_user_errors_are_one_clear_line(run, capsys, tmp_path, monkeypatch):
          "Arch.models.0.Teacher.pretrained = https://paddle-imagenet-models-name.bj.bcebos.com/dygraph/"
          "legendary_models/ResNet34_pretrained.pdparams: cannot download"),
         (["-o", "Arch.class_num=5"], r"labels \[5, 6, 7, 8, 9\] outside \[0, 4\]"),
+        (["-o", "DataLoader.Train.dataset.batch_transform_ops=[{OpSampler: {MixupOperator: {alpha: 0.2}}}]"],
+         r"batch_transform_ops \(OpSampler\) are not supported here.*=null"),
+        (["-o", "DataLoader.Train.dataset.transform_ops.1={AutoAugment: null}"],
+         "transform op 'AutoAugment' is not supported; supported: DecodeImage"),
         (["-t", dkd], "its teacher is one of Arch.models"),
     ]
     for extra, message in cases:

@@ -148,6 +148,19 @@ def unread_keys(cfg):
     return out
 
 
+def number(value, what):
+    """A number, or a fraction as PaddleClas's configs write them (`scale: 1.0/255.0`, `sh: 1.0/3.0`)."""
+    if isinstance(value, str):
+        try:
+            if "/" in value:
+                num, den = value.split("/")
+                return float(num) / float(den)
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{what} {value!r} is not a number or a fraction like 1.0/255.0") from None
+    return float(value)
+
+
 # ----- Optimizer -> the trainer's optimizer / lr_scheduler ---------------------------------------------------
 def _f(value, what):
     try:

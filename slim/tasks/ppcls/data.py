@@ -25,6 +25,8 @@ from PIL import Image
 
 from slim.distill.errors import ConfigError
 from slim.tasks.cls.data import CenterCrop, ClsFileList, _size2
+from .augment import RandomErasing, TimmAutoAugment
+from .config import number
 
 _INTERP = {None: Image.BILINEAR, 0: Image.NEAREST, 1: Image.BILINEAR, 2: Image.BICUBIC, 3: Image.BOX,
            4: Image.LANCZOS, "nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "linear": Image.BILINEAR,
@@ -41,19 +43,6 @@ def _resize(img, w, h, interpolation=None):
                           f"lanczos")
     out = np.asarray(Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img).resize((int(w), int(h)), method))
     return out[:, :, None] if out.ndim == 2 else out
-
-
-def _number(value, what):
-    """PaddleClas writes `scale: 1.0/255.0`; yaml gives the string."""
-    if isinstance(value, str):
-        try:
-            if "/" in value:
-                num, den = value.split("/")
-                return float(num) / float(den)
-            return float(value)
-        except ValueError:
-            raise ConfigError(f"{what} {value!r} is not a number or a fraction like 1.0/255.0") from None
-    return float(value)
 
 
 class DecodeImage:
@@ -133,7 +122,7 @@ class NormalizeImage:
     """(img * scale - mean) / std; `order: chw` means the output is CHW."""
 
     def __init__(self, scale=None, mean=None, std=None, order="chw", output_fp16=False, channel_num=3):
-        self.scale = _number(scale, "NormalizeImage scale") if scale is not None else 1.0 / 255.0
+        self.scale = number(scale, "NormalizeImage scale") if scale is not None else 1.0 / 255.0
         self.mean = np.asarray(mean if mean is not None else [0.485, 0.456, 0.406], dtype=np.float32)
         self.std = np.asarray(std if std is not None else [0.229, 0.224, 0.225], dtype=np.float32)
         if (self.std == 0).any():
@@ -153,7 +142,7 @@ class ToCHWImage:
 
 
 OPS = {c.__name__: c for c in (DecodeImage, ResizeImage, CropImage, RandCropImage, RandFlipImage, NormalizeImage,
-                               ToCHWImage)}
+                               ToCHWImage, TimmAutoAugment, RandomErasing)}
 _CHW = (ToCHWImage,)
 
 
@@ -179,7 +168,7 @@ class Compose:
     def __call__(self, img):
         chw = False
         for op in self.ops:
-            img = op(img)
+            img = op.erase(img, chw) if isinstance(op, RandomErasing) else op(img)
             if isinstance(op, ToCHWImage) or (isinstance(op, NormalizeImage) and op.chw):
                 chw = True
         if not chw:
@@ -212,6 +201,12 @@ def build_dataset(loader_cfg, where):
     if not ds:
         raise ConfigError(f"The config has no {where}.dataset section.")
     name = ds.pop("name", None)
+    if ds.get("batch_transform_ops"):
+        names = [next(iter(op)) if isinstance(op, dict) and op else str(op) for op in ds["batch_transform_ops"]]
+        raise ConfigError(f"{where}.dataset.batch_transform_ops ({', '.join(names)}) are not supported here: "
+                          f"operators that mix the samples of a batch (Mixup, Cutmix) are not implemented. Remove "
+                          f"batch_transform_ops (-o {where}.dataset.batch_transform_ops=null).")
+    ds.pop("batch_transform_ops", None)
     if name not in DATASETS:
         raise ConfigError(f"{where}.dataset name {name!r} is not supported; supported: {', '.join(DATASETS)} "
                           f"(image_root + cls_label_path of 'relative/path label' lines).")
