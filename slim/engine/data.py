@@ -223,7 +223,7 @@ class BatchStream:
                                       collate_fn=_LoaderCollate(self.collate_fn, self.dataset.base),
                                       num_workers=self.num_workers, return_list=True,
                                       # shared memory: Paddle's worker pickles a batch's tensors in a queue thread
-                                      # and segfaulted in about 1 of 5 runs here (paddle 3.3, reductions.py)
+                                      # and segfaulted in about 1 of 4 runs here (paddle 3.3, reductions.py)
                                       use_shared_memory=False,
                                       worker_init_fn=_worker_leaves_stopping_to_the_trainer if self.num_workers else None)
         self._iter = iter(loader)
