@@ -232,6 +232,18 @@ def test_distance(mode, act):
     assert got == {f"loss_{mode}_loss_{mode}_0": pytest.approx(ref, rel=1e-5)}
 
 
+def test_distance_smooth_l1_with_delta_is_paddles_huber():
+    r = rng(3)
+    a, b = r.randn(N, 3, 2, 2), r.randn(N, 3, 2, 2)
+    got = run({"DistillationDistanceLoss": {"weight": 1.0, "mode": "smooth_l1", "delta": 0.3, "key": "blocks5",
+                                            "model_name_pairs": [["Student", "Teacher"]]}},
+              {"Student": {"logits": a[:, 0, 0], "blocks5": a}, "Teacher": {"logits": b[:, 0, 0], "blocks5": b}},
+              np.zeros(N, dtype=int))
+    d = np.abs(a - b)
+    ref = np.where(d < 0.3, 0.5 * d * d, 0.3 * d - 0.5 * 0.3 ** 2).mean()  # paddle's smooth_l1_loss(delta=0.3)
+    assert got == {"loss_smooth_l1_loss_smooth_l1_0": pytest.approx(ref, rel=1e-5)}
+
+
 def conv2d(x, w, b, pad):
     """NumPy float64 convolution, (N, Ci, H, W) * (Co, Ci, k, k) + b, stride 1."""
     x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))

@@ -58,17 +58,32 @@ def _size2(size, what):
     raise ConfigError(f"{what}: size must be an int or [width, height], got {size!r}")
 
 
+def resize_to(img, size, method):
+    """An HWC uint8 image resized to `size` (w, h) with a PIL resampling method; unchanged when already that size."""
+    size = (int(size[0]), int(size[1]))
+    if size == (img.shape[1], img.shape[0]):
+        return img
+    out = np.asarray(Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img).resize(size, method))
+    return out[:, :, None] if out.ndim == 2 else out
+
+
 class Resize:
+    name = "Resize"  # as the config spells it, for messages
+
     def __init__(self, size=None, resize_short=None, interpolation="bilinear"):
         if (size is None) == (resize_short is None):
-            raise ConfigError("Resize needs exactly one of `size` (int or [w, h]) and `resize_short` (int)")
-        self.size = _size2(size, "Resize") if size is not None else None
+            raise ConfigError(f"{self.name} needs exactly one of `size` (int or [w, h]) and `resize_short` (int)")
+        self.size = _size2(size, self.name) if size is not None else None
         self.resize_short = resize_short
+        self.method = self.resample(interpolation)
+
+    @staticmethod
+    def resample(interpolation):
         methods = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
                    "lanczos": Image.LANCZOS}
         if interpolation not in methods:
             raise ConfigError(f"Resize interpolation must be one of {sorted(methods)}, got {interpolation!r}")
-        self.method = methods[interpolation]
+        return methods[interpolation]
 
     def __call__(self, img):
         h, w = img.shape[:2]
@@ -77,10 +92,7 @@ class Resize:
         else:
             scale = float(self.resize_short) / min(h, w)
             size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
-        if size == (w, h):
-            return img
-        out = np.asarray(Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img).resize(size, self.method))
-        return out[:, :, None] if out.ndim == 2 else out
+        return resize_to(img, size, self.method)
 
 
 class RandomCrop:

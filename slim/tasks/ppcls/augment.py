@@ -150,15 +150,13 @@ def parse_rand_config(config_str):
     return out
 
 
-_RESAMPLE = {"bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS, "hamming": Image.HAMMING, "bilinear": Image.BILINEAR}
-
-
 class TimmAutoAugment:
     def __init__(self, config_str="rand-m9-mstd0.5-inc1", interpolation="bicubic", img_size=224, mean=IMAGENET_MEAN,
                  prob=1.0):
         cfg = parse_rand_config(config_str)
         if interpolation and interpolation != "random":
-            resample = _RESAMPLE.get(str(interpolation).lower(), Image.BILINEAR)
+            from .data import pil_method  # (data.py imports this module)
+            resample = pil_method(interpolation)
         else:
             resample = (Image.BILINEAR, Image.BICUBIC)
         hparams = {"fill": tuple(min(255, round(255 * float(m))) for m in mean), "interpolation": resample,

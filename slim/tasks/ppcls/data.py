@@ -24,25 +24,23 @@ import numpy as np
 from PIL import Image
 
 from slim.distill.errors import ConfigError
-from slim.tasks.cls.data import CenterCrop, ClsFileList, _size2
+from slim.tasks.cls.data import CenterCrop, ClsFileList, Resize, _size2, resize_to
 from .augment import RandomErasing, TimmAutoAugment
 from .config import number
 
 _INTERP = {None: Image.BILINEAR, 0: Image.NEAREST, 1: Image.BILINEAR, 2: Image.BICUBIC, 3: Image.BOX,
            4: Image.LANCZOS, "nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "linear": Image.BILINEAR,
            "bicubic": Image.BICUBIC, "cubic": Image.BICUBIC, "area": Image.BOX, "box": Image.BOX,
-           "lanczos": Image.LANCZOS, "random": Image.BILINEAR}
+           "lanczos": Image.LANCZOS, "hamming": Image.HAMMING, "random": Image.BILINEAR}
 
 
-def _resize(img, w, h, interpolation=None):
-    if (img.shape[1], img.shape[0]) == (w, h):
-        return img
-    method = _INTERP.get(interpolation if not isinstance(interpolation, str) else interpolation.lower())
+def pil_method(interpolation):
+    """PaddleClas's `interpolation` (a name, or cv2's number) -> a PIL resampling method."""
+    method = _INTERP.get(interpolation.lower() if isinstance(interpolation, str) else interpolation)
     if method is None:
         raise ConfigError(f"interpolation {interpolation!r} is not known; use one of bilinear, nearest, bicubic, area, "
                           f"lanczos")
-    out = np.asarray(Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img).resize((int(w), int(h)), method))
-    return out[:, :, None] if out.ndim == 2 else out
+    return method
 
 
 class DecodeImage:
@@ -55,21 +53,13 @@ class DecodeImage:
         return img
 
 
-class ResizeImage:
-    def __init__(self, size=None, resize_short=None, interpolation=None, backend="cv2", return_numpy=True):
-        if (size is None) == (resize_short is None):
-            raise ConfigError("ResizeImage needs one of `size` (int or [w, h]) and `resize_short`")
-        self.size = _size2(size, "ResizeImage") if size is not None else None
-        self.resize_short, self.interpolation = resize_short, interpolation
+class ResizeImage(Resize):
+    """The classification task's Resize under PaddleClas's names and interpolation codes."""
+    name = "ResizeImage"
 
-    def __call__(self, img):
-        h, w = img.shape[:2]
-        if self.size is not None:
-            nw, nh = self.size
-        else:
-            percent = float(self.resize_short) / min(w, h)
-            nw, nh = int(round(w * percent)), int(round(h * percent))
-        return _resize(img, nw, nh, self.interpolation)
+    def __init__(self, size=None, resize_short=None, interpolation=None, backend="cv2", return_numpy=True):
+        super().__init__(size, resize_short)
+        self.method = pil_method(interpolation)
 
 
 class CropImage(CenterCrop):
@@ -85,7 +75,7 @@ class RandCropImage:
         self.size = _size2(size, "RandCropImage")
         self.scale = [0.08, 1.0] if scale is None else [float(s) for s in scale]
         self.ratio = [3.0 / 4.0, 4.0 / 3.0] if ratio is None else [float(r) for r in ratio]
-        self.interpolation, self.use_log_aspect = interpolation, bool(use_log_aspect)
+        self.method, self.use_log_aspect = pil_method(interpolation), bool(use_log_aspect)
 
     def __call__(self, img):
         if self.use_log_aspect:
@@ -100,7 +90,7 @@ class RandCropImage:
         side = math.sqrt(img_w * img_h * random.uniform(scale_min, scale_max))
         w, h = max(1, min(img_w, int(side * w))), max(1, min(img_h, int(side * h)))
         x, y = random.randint(0, img_w - w), random.randint(0, img_h - h)
-        return _resize(img[y:y + h, x:x + w], self.size[0], self.size[1], self.interpolation)
+        return resize_to(img[y:y + h, x:x + w], self.size, self.method)
 
 
 class RandFlipImage:

@@ -36,6 +36,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from slim.distill.errors import ConfigError
+from slim.distill.losses._utils import smooth_l1
 from slim.distill.losses.correlation import DISTLoss
 from slim.distill.losses.kd import DKDLoss, DistillCrossEntropyLoss, KLLoss
 
@@ -293,11 +294,6 @@ class DistillationSKDLoss(_PairLoss):
         return {f"{self.name}_{a}_{b}": skd(s, t, target, self.temperature, self.multiplier, self.alpha)}
 
 
-def _smooth_l1(d, delta=1.0):
-    a = d.abs()
-    return paddle.where(a < delta, 0.5 * d * d, delta * (a - 0.5 * delta))
-
-
 def _pool_flat(x, target_size):
     if target_size is not None and x.ndim == 4:
         x = F.adaptive_avg_pool2d(x, target_size)
@@ -314,7 +310,7 @@ def rkd_distance(s, t, target_size=None, eps=1e-12):
     td, sd = pdist(t), pdist(s)
     td = td / (td.mean() + eps)
     sd = sd / (sd.mean() + eps)
-    return _smooth_l1(sd - td).mean()
+    return smooth_l1(sd - td).mean()
 
 
 def rkd_angle(s, t, target_size=None):
@@ -324,7 +320,7 @@ def rkd_angle(s, t, target_size=None):
         return paddle.bmm(unit, unit.transpose([0, 2, 1])).reshape([-1])
 
     s, t = _pool_flat(s, target_size), _pool_flat(t, target_size)
-    return _smooth_l1(angles(s) - angles(t)).mean()
+    return smooth_l1(angles(s) - angles(t)).mean()
 
 
 class DistillationRKDLoss(PaddleClasLoss):
@@ -383,7 +379,7 @@ class DistillationDistanceLoss(_PairLoss):
         elif self.mode == "l2":
             value = (d * d).mean()
         else:
-            value = _smooth_l1(d, self.delta).mean()
+            value = (self.delta * smooth_l1(d, self.delta)).mean()  # Huber (paddle smooth_l1_loss with delta)
         return {f"{self.name}_loss_{self.mode}_{idx}": value}
 
 
