@@ -8,18 +8,24 @@
 
     python slim/distill/distill_train.py -c student.yml --slim_config distill.yml       # PaddleDetection's form
 
+    python slim/distill/distill_train.py -c student.yml -t teacher.yml --quant_config Q.yml   # QAT student
+    python slim/distill/distill_train.py -c student.yml --teacher self --quant_config Q.yml   # from its fp32 self
+
 The task (segmentation, detection, classification) is read from the student config. The teacher's
 weights come from its `model.pretrained` (or --teacher_pretrained). Distillation terms come from the
 student config's `distill_loss` (on logits) and `distill:` pairs, and from the adaptors and
 `prepare_distill_config()` in slim/distill/distill_config.py; when there are none, the task may choose a
 default (detection: L2 on the three YOLOv3 head outputs). With `--slim_config` (a task's own distillation
 config, PaddleDetection's), the teacher's config, its weights and the method come from that file instead.
+With `--quant_config` (or a `quant:` section) the student trains quantisation-aware against the fp32 teacher;
+`--teacher self` makes the teacher a frozen fp32 copy of the student's starting weights (slim/quant/training.py).
 """
 import sys
 
 
 from slim.distill.errors import ConfigError
 from slim.distill.pairs import logit_pairs, parse_pairs
+from slim.quant import training as quant_training
 from . import launch
 
 
@@ -45,17 +51,18 @@ def add_slim_config_flag(parser):
                              "pretrain_weights (the teacher's weights), slim: Distill, slim_method, distill_loss")
 
 
-def distill_pairs(task, cfg, teacher_cfg=None, extra=(), notes=None):
+def distill_pairs(task, cfg, teacher_cfg=None, extra=(), notes=None, default=None):
     """Logit terms (`distill_loss`), yaml pairs (`distill:`), the tutorial's distill_config.py pairs and
-    `extra` (a slim config's); with none of them, the task's default pairs for this teacher, if any."""
+    `extra` (a slim config's); with none of them, `default()` -> (pairs, why) when given, else the task's
+    default pairs for this teacher, if any."""
     from slim.distill import distill_config
     pairs = logit_pairs(cfg.get("distill_loss"), task.logits_ref(cfg))
     pairs += parse_pairs(cfg.get("distill") or [])
     pairs += parse_pairs(distill_config.prepare_distill_config() or [])
     pairs += parse_pairs(list(extra))
-    if not pairs and teacher_cfg is not None:
-        default, why = task.default_pairs(cfg, teacher_cfg)
-        pairs = parse_pairs(default or [])
+    if not pairs and (teacher_cfg is not None or default is not None):
+        chosen, why = default() if default is not None else task.default_pairs(cfg, teacher_cfg)
+        pairs = parse_pairs(chosen or [])
         if pairs and why and notes is not None:
             notes.append(why)
     names = [p.name for p in pairs]
@@ -76,10 +83,20 @@ def teacher_from_slim_config(task, cfg, path, notes):
     return slim.student_cfg, slim.teacher_cfg, slim.weights, slim.pairs
 
 
-def run(args, task, cfg, allow_untrained=False):
-    """Distil with the parsed flags: the teacher from -t or from --slim_config."""
-    notes, extra, weights, key = [], [], getattr(args, "teacher_pretrained", None), None
-    if args.slim_config:
+def run(args, task, cfg, allow_untrained=False, notes=None):
+    """Distil with the parsed flags: the teacher from -t, from --slim_config, or the student itself
+    (`--teacher self`)."""
+    notes = [] if notes is None else notes
+    extra, weights, key = [], getattr(args, "teacher_pretrained", None), None
+    self_teacher = quant_training.self_teacher_wanted(args, cfg)
+    if self_teacher:
+        given = [f for f, v in (("-t/--teacher_config", getattr(args, "teacher_config", None)),
+                                ("--slim_config", args.slim_config), ("--teacher_pretrained", weights)) if v]
+        if given:
+            raise ConfigError(f"--teacher self (or `teacher: self`) and {', '.join(given)} both name a teacher; give "
+                              f"one.")
+        teacher_cfg = cfg
+    elif args.slim_config:
         if getattr(args, "teacher_config", None):
             raise ConfigError("Give the teacher either with --slim_config (PaddleDetection's form) or with "
                               "-t/--teacher_config, not both.")
@@ -96,13 +113,21 @@ def run(args, task, cfg, allow_untrained=False):
                               f"{task.name}: both must be the same task.")
     teacher_cfg = task.prepare_teacher_config(cfg, teacher_cfg)
     task.check_teacher_compatible(cfg, teacher_cfg)
-    pairs, adaptors = distill_pairs(task, cfg, teacher_cfg, extra, notes)
+    default = (lambda: quant_training.self_default_pairs(task, cfg)) if self_teacher else None
+    pairs, adaptors = distill_pairs(task, cfg, teacher_cfg, extra, notes, default=default)
     save_dir = args.save_dir or launch.run_folder_name(task, cfg, teacher_cfg, pairs)
-    student = launch.build_student(task, cfg, args.init_weights, log=notes.append)
-    if getattr(args, "teacher_cache", None):  # built when an entry is missing (slim/engine/teacher_cache.py)
+    if self_teacher:  # the fp32 student is copied, then quantised (a teacher cache stores the copy's tensors)
+        quant_training.check_self_start(task, cfg, args.init_weights)
+        student = launch.build_student(task, quant_training.without_quant(cfg), args.init_weights, log=notes.append)
+        teacher = quant_training.self_teacher(task, cfg, student, log=notes.append)
+        quant_training.quantize_student(task, student, cfg, log=notes.append)
+        task.prepare_pair(student, teacher, cfg, log=notes.append)
+    elif getattr(args, "teacher_cache", None):  # built when an entry is missing (slim/engine/teacher_cache.py)
+        student = launch.build_student(task, cfg, args.init_weights, log=notes.append)
         teacher = launch.teacher_source(task, teacher_cfg, weights, allow_untrained, notes.append, key, student,
                                         cfg, seed=args.seed)
     else:
+        student = launch.build_student(task, cfg, args.init_weights, log=notes.append)
         teacher = launch.build_teacher(task, teacher_cfg, weights, allow_untrained, log=notes.append, key=key)
         task.prepare_pair(student, teacher, cfg, log=notes.append)
     launch.train(task, cfg, student, teacher, pairs, adaptors, launch.options_from_args(args, save_dir), notes)
@@ -119,8 +144,11 @@ def main(argv=None):
         return pipeline.main(argv)
     args = parse_args(argv)
     launch.setup_process(args)
-    task, cfg = launch.load_task_config(args.student_config, launch.flag_overrides(args, args.student_config))
-    run(args, task, cfg, args.allow_untrained_teacher)
+    opts = launch.flag_overrides(args, args.student_config)
+    task, cfg = launch.load_task_config(args.student_config, opts)
+    notes = []
+    cfg = quant_training.prepare_config(args, task, cfg, opts, log=notes.append)
+    run(args, task, cfg, args.allow_untrained_teacher, notes=notes)
 
 
 def cli():

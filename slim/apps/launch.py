@@ -17,6 +17,7 @@ from slim.engine import env
 from slim.engine.amp import LEVELS, PRECISIONS
 from slim.engine.checkpoint import check_resumable, check_save_dir_usable
 from slim.engine.trainer import TrainOptions, Trainer
+from slim.quant import training as quant_training
 
 
 def _bounded(convert, minimum, what, example):
@@ -69,6 +70,7 @@ def add_common_flags(parser):
     p.add_argument("--analyse", "--analyze", action="store_true", help="log the memory of a training step "
                    "(student, teacher, distillation), measured once at the start (costs about three steps)")
     add_precision_flags(p)
+    quant_training.add_quant_flags(p)
     p.add_argument("-o", "--opts", nargs="+", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. -o batch_size=4 model.backbone.output_stride=16")
     return p
@@ -127,13 +129,17 @@ def load_task_config(path, opts=(), what="config"):
 
 def build_student(task, cfg, init_weights=None, log=print):
     """The student: `--init_weights` strictly, else the weights its config names (pretrained backbone,
-    `model.pretrained`, ppdet's `pretrain_weights`) loaded as PaddleSeg / ppdet load them."""
+    `model.pretrained`, ppdet's `pretrain_weights`) loaded as PaddleSeg / ppdet load them. With QAT settings
+    (`quant:`, --quant_config) it is quantised after fp32 weights load, before a QAT checkpoint loads
+    (slim/quant/training.py)."""
     with task.logging_to(log):
         model = task.build_model(cfg)
+        quant = quant_training.StudentQuant(task, model, cfg, init_weights, log).before_weights()
         if init_weights:
             task.load_weights(model, init_weights, "student weights", key="--init_weights")
         else:
             task.load_pretrained(model, cfg)
+        quant.after_weights()
     return model
 
 
@@ -263,16 +269,20 @@ def make_parser(description):
     return argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def train(task, cfg, student, teacher=None, pairs=(), adaptors=(None, None), options=None, notes=(), hooks=()):
-    """Run the shared trainer; `hooks` are extra `slim.engine.hooks.Hook`s (e.g. a layer-removal schedule).
+def train(task, cfg, student, teacher=None, pairs=(), adaptors=(None, None), options=None, notes=(), hooks=(),
+          task_loss=None):
+    """Run the shared trainer; `hooks` are extra `slim.engine.hooks.Hook`s (e.g. a layer-removal schedule);
+    `task_loss` replaces the task's loss terms (e.g. none: distillation alone, as ACT trains).
 
     Before anything is written: --save_dir must be a folder that can be written, and a checkpoint to
     resume must be complete and of this student (a wrong one fails here, leaving --save_dir untouched)."""
     if options is not None:
         check_save_dir_usable(options.save_dir)
+        quant_training.check_precision(student, options.precision)
+        quant_training.check_resume(options.resume_model, student, options.save_dir)
         check_resumable(options.resume_model, student, options.save_dir)
     return Trainer(task, cfg, student, teacher=teacher, pairs=pairs, adaptors=adaptors, options=options,
-                   hooks=hooks, notes=notes).train()
+                   hooks=hooks, notes=notes, task_loss=task_loss).train()
 
 
 def setup_process(args):

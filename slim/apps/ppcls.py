@@ -21,6 +21,7 @@ import sys
 import numpy as np
 
 from slim.distill.errors import ConfigError, SlimError
+from slim.quant import training as quant_training
 from slim.tasks.ppcls import config as pc
 
 CONFIG_FLAGS = ("-c", "--config", "--student_config")
@@ -99,6 +100,11 @@ def train_main(argv):
                           f"-o Arch.models.0.Teacher.pretrained=PATH.")
     notes = []
     cfg = pc.load(args.config, args.opts, log=notes.append)
+    if args.teacher:
+        raise ConfigError(f"--teacher {args.teacher}: {args.config} is a PaddleClas config; its teacher is one of "
+                          f"Arch.models (for QAT with the fp32 model as teacher, a DistillationModel of two copies of "
+                          f"the model with the frozen one's pretrained weights).")
+    cfg = quant_training.prepare_config(args, Task(), cfg, log=notes.append)  # --quant_config -> Slim.quant
     g = pc.global_cfg(cfg)
     set_device(cfg, args.device, notes.append)
     seed = args.seed if args.seed is not None else g.get("seed")
@@ -178,8 +184,11 @@ def _model_for_tools(args, log=print):
                           "without .pdparams).")
     if args.model_path:
         cfg["Global"]["pretrained_model"] = args.model_path
+    cfg = quant_training.apply_quant_config(getattr(args, "quant_config", None), task, cfg, log=log)
     with task.logging_to(log):
         model = task.build_model(cfg)
+        # a QAT checkpoint (Slim.quant or --quant_config) loads into the quantised model
+        quant_training.prepare_for_weights(task, model, cfg, path, "Global.pretrained_model", log=log)
         task.load_weights(model, path, "Global.pretrained_model")
     model.eval()
     return task, cfg, model
@@ -191,6 +200,7 @@ def _tool_parser(doc):
     p.add_argument("--config", "-c", required=True)
     p.add_argument("--model_path", default=None, help="weights (same as -o Global.pretrained_model=P)")
     p.add_argument("--device", default=None, help="cpu or gpu (default: Global.device, cpu when no GPU)")
+    quant_training.add_quant_flags(p, teacher=False)
     p.add_argument("-o", "--opts", nargs="+", default=[], metavar="KEY=VALUE")
     return p
 

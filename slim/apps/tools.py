@@ -3,6 +3,7 @@ import os
 
 from slim.distill.errors import ConfigError
 from slim.engine import env
+from slim.quant import training as quant_training
 from .launch import load_task_config
 
 
@@ -13,6 +14,7 @@ def add_model_flags(parser):
     parser.add_argument("--device", default=None, help="cpu, gpu or gpu:N")
     parser.add_argument("-o", "--opts", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config overrides; `-o weights=PATH` is the PaddleDetection spelling of --model_path")
+    quant_training.add_quant_flags(parser, teacher=False)
     return parser
 
 
@@ -24,9 +26,12 @@ def load_model_for_inference(args, log=print):
     if not path:
         raise ConfigError("No weights given: pass --model_path output/.../best_model/model.pdparams "
                           "(or set model.pretrained in the config).")
+    cfg = quant_training.apply_quant_config(getattr(args, "quant_config", None), task, cfg, log=log)
     model = task.build_model(cfg)
     with task.logging_to(log):
         local = task.local_weights(path, key)
+        # a QAT checkpoint loads into the model quantised with the same settings (--quant_config or `quant:`)
+        quant_training.prepare_for_weights(task, model, cfg, local, key, log=log)
         task.load_weights(model, local, "weights" if key == "weights" else f"weights ({key})", key=key)
     args.local_weights = local
     model.eval()

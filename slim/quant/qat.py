@@ -68,8 +68,8 @@ WEIGHT_TYPES = ("channel_wise_abs_max", "abs_max")
 ACTIVATION_TYPES = ("moving_average_abs_max",)
 LAYER_TYPES = ("Conv2D", "Linear", "Conv2DTranspose")
 PREPROCESS_TYPES = ("PACT",)
-#: keys read besides DEFAULTS: ACT's / ppdet's `use_pact`, PaddleClas's `name: pact`
-ALIASES = ("use_pact", "name")
+#: keys read besides DEFAULTS: ACT's `use_pact`, PaddleClas's `name: pact`, ppdet's `print_model` (logging only)
+ALIASES = ("use_pact", "name", "print_model")
 #: state-dict keys only a QAT model has (the fake-quant and output-scale layers, PACT)
 _QUANT_KEY = re.compile(r"(^|\.)_(fake_quant_(weight|input)|ma_output_scale|act_preprocess|weight_preprocess)\.")
 

@@ -23,6 +23,12 @@ this package's distillation pairs:
                       outputs) and `feat_loss_i` per level of feat_distill_place (neck or backbone outputs;
                       FGDFeatureLoss or ppdet's CWD / PKD / MGD / mimic loss); every term and the student's
                       detection loss scaled by ppdet's alpha 0.125 (see ppyoloe_pairs)
+
+A `slim: QAT` config (configs/slim/quant/*_qat.yml) is quantisation-aware training of the -c model, and
+is merged into the student's config as ppdet merges it (its `pretrain_weights`, the fp32 model QAT starts
+from, and any `epoch`, `LearningRate`, ... win); `QAT.quant_config` becomes the student's `quant:` section
+(slim/quant/qat.py) and `QAT.print_model` logs the model before and after quantisation. There is no teacher
+(`teacher_cfg` None); `--slim_config D.yml --quant_config Q.yml` distils into the QAT student.
 """
 import copy
 import math
@@ -373,13 +379,35 @@ def ppyoloe_pairs(raw, path, student_cfg, teacher_cfg, notes):
 
 
 # ----- loading ----------------------------------------------------------------------------------------
+def load_qat(raw, path, student_cfg):
+    """A `slim: QAT` config -> SlimConfig with no teacher: the student config with it merged (ppdet's
+    load_config) and `quant:` set from QAT.quant_config."""
+    from slim.distill.config import merge_dicts
+    qat = raw.get("QAT")
+    if not isinstance(qat, dict) or not isinstance(qat.get("quant_config"), dict):
+        raise ConfigError(f"{path}: `slim: QAT` needs a `QAT:` section with `quant_config:` (a mapping of PaddleSlim's "
+                          f"QAT settings, e.g. {{'weight_quantize_type': 'channel_wise_abs_max', "
+                          f"'activation_quantize_type': 'moving_average_abs_max'}}), got {qat!r}.")
+    unknown = sorted(set(qat) - {"quant_config", "print_model"})
+    if unknown:
+        raise ConfigError(f"{path}: QAT has no key(s) {unknown}; ppdet's QAT takes quant_config and print_model.")
+    rest = {k: v for k, v in raw.items() if k not in ("slim", "QAT")}
+    student = merge_dicts(rest, student_cfg)
+    student["quant"] = dict(qat["quant_config"], print_model=bool(qat.get("print_model", False)))
+    notes = [f"slim config {path} (slim: QAT): merged into the student config"
+             + (f" ({', '.join(sorted(rest))})" if rest else "") + "; QAT.quant_config is its quant settings"]
+    return SlimConfig(None, None, [], student, "QAT", notes)
+
+
 def load(path, student_cfg):
     """A PaddleDetection slim config -> SlimConfig (teacher config, teacher weights, pairs, student config)."""
     raw = parse_yaml_with_bases(path)
     slim = raw.get("slim")
+    if slim == "QAT":
+        return load_qat(raw, path, student_cfg)
     if slim != "Distill":
-        raise ConfigError(f"{path}: `slim: {slim}` is not a distillation config; --slim_config reads "
-                          f"PaddleDetection's `slim: Distill` configs (pruning and quantization are not supported).")
+        raise ConfigError(f"{path}: `slim: {slim}` is not supported; --slim_config reads PaddleDetection's "
+                          f"`slim: Distill` and `slim: QAT` configs (pruning and PTQ are not supported).")
     method = raw.get("slim_method") or None
     loss_section = raw.get("distill_loss") if isinstance(raw.get("distill_loss"), str) else None
     teacher = {k: v for k, v in raw.items() if k not in METHOD_KEYS and k != loss_section}

@@ -14,13 +14,15 @@ import yaml
 
 from slim.distill.errors import ConfigError
 
-TOP_KEYS = ("Global", "Arch", "Loss", "Optimizer", "DataLoader", "AMP", "Metric", "Infer")
+# Slim: PaddleClas's quantisation section (`Slim: {quant: {name: pact}}`), read by slim/quant/qat.py
+TOP_KEYS = ("Global", "Arch", "Loss", "Optimizer", "DataLoader", "AMP", "Metric", "Infer", "Slim")
 # keys read here; anything else of the config is listed in the log as not used
 READ = {
     "Global": {"epochs", "output_dir", "save_interval", "eval_interval", "eval_during_train", "pretrained_model",
                "checkpoints", "use_visualdl", "device", "print_batch_step", "image_shape", "save_inference_dir",
                "class_num", "seed"},
     "AMP": {"use_amp", "level", "scale_loss", "use_dynamic_loss_scaling"},
+    "Slim": {"quant"},
     "Optimizer": {"name", "momentum", "lr", "regularizer", "weight_decay", "beta1", "beta2", "epsilon",
                   "multi_precision"},
 }

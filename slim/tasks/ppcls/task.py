@@ -255,6 +255,11 @@ class Task(TaskBase):
                     loss.infer_model_name = infer
         return losses
 
+    def quant_target(self, model):
+        """What QAT wraps (`Slim: {quant: {name: pact}}`, slim/quant): the infer_model_name model of a
+        DistillationModel (the frozen teachers stay fp32), or the single model."""
+        return ppcls_arch.infer_layer(model)
+
     def inner_teacher(self, model):
         """--teacher_cache: the DistillationModel's frozen models are the teacher whose tensors are stored."""
         if not isinstance(model, ppcls_arch.DistillationModel):
