@@ -26,6 +26,7 @@ from PIL import Image
 from slim.distill.errors import ConfigError
 from slim.tasks.cls.data import CenterCrop, ClsFileList, Resize, _size2, resize_to
 from .augment import RandomErasing, TimmAutoAugment
+from .autoaugment import AutoAugment
 from .config import number
 
 _INTERP = {None: Image.BILINEAR, 0: Image.NEAREST, 1: Image.BILINEAR, 2: Image.BICUBIC, 3: Image.BOX,
@@ -132,7 +133,7 @@ class ToCHWImage:
 
 
 OPS = {c.__name__: c for c in (DecodeImage, ResizeImage, CropImage, RandCropImage, RandFlipImage, NormalizeImage,
-                               ToCHWImage, TimmAutoAugment, RandomErasing)}
+                               ToCHWImage, TimmAutoAugment, RandomErasing, AutoAugment)}
 _CHW = (ToCHWImage,)
 
 
