@@ -136,6 +136,8 @@ def train_main(argv):
         notes.append(f"Global.checkpoints {g['checkpoints']}: resuming from it")
     ipe = task.iters_per_epoch(cfg)  # reads the training list first: a data error stops before any model is built
     model = launch.build_student(task, cfg, args.init_weights, log=notes.append)
+    with task.logging_to(notes.append):  # the optimizer and PaddleClas's schedule, checked and logged before training
+        task.training_settings(cfg)
     save_dir = args.save_dir or os.path.join(str(g.get("output_dir") or "./output/"), task.run_name(cfg))
 
     def epochs_to_iters(value, default):

@@ -24,7 +24,8 @@ READ = {
     "AMP": {"use_amp", "level", "scale_loss", "use_dynamic_loss_scaling"},
     "Slim": {"quant"},
     "Optimizer": {"name", "momentum", "lr", "regularizer", "weight_decay", "beta1", "beta2", "epsilon",
-                  "multi_precision"},
+                  "multi_precision", "use_nesterov", "no_weight_decay_name", "one_dim_param_no_weight_decay",
+                  "clip_norm"},
 }
 
 
@@ -161,85 +162,6 @@ def number(value, what):
         except ValueError:
             raise ConfigError(f"{what} {value!r} is not a number or a fraction like 1.0/255.0") from None
     return float(value)
-
-
-# ----- Optimizer -> the trainer's optimizer / lr_scheduler ---------------------------------------------------
-def _f(value, what):
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{what} must be a number, got {value!r}") from None
-
-
-def optimizer_settings(opt_cfg, iters_per_epoch, log=print):
-    """(optimizer, lr_scheduler) in the trainer's spelling (slim/engine/optim.py) from PaddleClas's Optimizer."""
-    opt_cfg = dict(opt_cfg or {})
-    name = opt_cfg.get("name", "Momentum")
-    kinds = {"Momentum": "Momentum", "SGD": "SGD", "Adam": "Adam", "AdamW": "AdamW"}
-    if name not in kinds:
-        raise ConfigError(f"Optimizer name {name!r} is not supported; supported: {', '.join(kinds)}.")
-    optimizer = {"type": kinds[name]}
-    if name == "Momentum":
-        optimizer["momentum"] = _f(opt_cfg.get("momentum", 0.9), "Optimizer.momentum")
-    for key in ("beta1", "beta2", "epsilon"):
-        if key in opt_cfg and name in ("Adam", "AdamW"):
-            optimizer[key] = _f(opt_cfg[key], f"Optimizer.{key}")
-    decay = None
-    reg = opt_cfg.get("regularizer")
-    if reg:
-        if str(reg.get("name", "L2")).upper() != "L2":
-            raise ConfigError(f"Optimizer.regularizer name {reg.get('name')!r} is not supported; use L2.")
-        decay = _f(reg.get("coeff", 0.0), "Optimizer.regularizer.coeff")
-    if opt_cfg.get("weight_decay") is not None:
-        decay = _f(opt_cfg["weight_decay"], "Optimizer.weight_decay")
-    if decay is not None:
-        optimizer["weight_decay"] = decay
-    lr = opt_cfg.get("lr")
-    if isinstance(lr, (int, float, str)) and not isinstance(lr, bool):
-        lr = {"name": "Constant", "learning_rate": lr}
-    lr = dict(lr or {})
-    if "learning_rate" not in lr:
-        raise ConfigError("Optimizer.lr needs learning_rate (e.g. {name: Cosine, learning_rate: 0.1})")
-    base = _f(lr.pop("learning_rate"), "Optimizer.lr.learning_rate")
-    kind = lr.pop("name", "Constant")
-    warmup = _f(lr.pop("warmup_epoch", 0) or 0, "Optimizer.lr.warmup_epoch")
-    start = _f(lr.pop("warmup_start_lr", 0.0) or 0.0, "Optimizer.lr.warmup_start_lr")
-    lr.pop("step_each_epoch", None)  # PaddleClas's engine sets it; here the trainer knows the epoch length
-    lr.pop("epochs", None)
-    sched = {"learning_rate": base}
-    ipe = max(int(iters_per_epoch), 1)
-    if kind == "Cosine":
-        sched.update(type="CosineAnnealingDecay", eta_min=_f(lr.pop("eta_min", 0.0), "Optimizer.lr.eta_min"))
-    elif kind == "Linear":
-        sched.update(type="PolynomialDecay", end_lr=_f(lr.pop("end_lr", 0.0), "Optimizer.lr.end_lr"),
-                     power=_f(lr.pop("power", 1.0), "Optimizer.lr.power"))
-    elif kind == "Piecewise":
-        epochs, values = lr.pop("decay_epochs", None), lr.pop("values", None)
-        if not epochs or not values or len(values) != len(epochs) + 1:
-            raise ConfigError("Optimizer.lr Piecewise needs decay_epochs and values (one more value than epochs)")
-        values = [_f(v, "Optimizer.lr.values") for v in values]
-        # values[k] after the k-th boundary, as PaddleClas's Piecewise (boundaries at decay_epochs x epoch length)
-        sched.update(learning_rate=values[0], type="PiecewiseDecay", boundaries=[int(e) * ipe for e in epochs],
-                     values=values)
-    elif kind == "MultiStepDecay":
-        milestones = lr.pop("milestones", None)
-        if not milestones:
-            raise ConfigError("Optimizer.lr MultiStepDecay needs milestones (epochs)")
-        sched.update(type="MultiStepDecay", milestones=[int(m) * ipe for m in milestones],
-                     gamma=_f(lr.pop("gamma", 0.1), "Optimizer.lr.gamma"))
-    elif kind == "Constant":
-        sched.update(type="Constant")
-    else:
-        raise ConfigError(f"Optimizer.lr name {kind!r} is not supported; supported: Cosine, Piecewise, "
-                          f"MultiStepDecay, Linear, Constant.")
-    for key in ("by_epoch", "last_epoch", "decay_epochs"):
-        lr.pop(key, None)
-    if lr:
-        log(f"Optimizer.lr: not used: {', '.join(sorted(lr))}")
-    if warmup:
-        sched["warmup_iters"] = int(round(warmup * ipe))
-        sched["warmup_start_lr"] = start
-    return optimizer, sched
 
 
 def global_cfg(cfg):

@@ -8,6 +8,7 @@ chooses best_model) and, in mutual learning, every trained model.
 """
 import os
 from collections import OrderedDict
+from fractions import Fraction
 
 import numpy as np
 import paddle
@@ -22,6 +23,7 @@ from . import arch as ppcls_arch
 from . import config as pc
 from . import data as pc_data
 from .losses import CELoss, CombinedLoss, build_loss_entry
+from .optimizer import optimizer_settings
 
 LOSS_LAYERS = "loss_layers"  # sublayer of the model holding losses with trainable parameters (MGD)
 
@@ -193,6 +195,7 @@ class Task(TaskBase):
             model = self._build_one(spec)
             if not skip_sub_weights:
                 self._load_sub_weights(model, spec, log)
+            self.built_model = model
             return model
         own = {}
         for i, item in enumerate(arch.get("models") or []):
@@ -232,6 +235,7 @@ class Task(TaskBase):
             + (" (mutual learning: one optimizer over all of them)" if len(trained) > 1 else "")
             + f"; infer_model_name: {model.infer_model_name}")
         self.train_losses = losses
+        self.built_model = model
         return model
 
     def _losses(self, cfg, model=None, names=None):
@@ -336,15 +340,27 @@ class Task(TaskBase):
                                          0, max(env.world_size(), 1)))
 
     def training_settings(self, cfg):
+        """The trainer's settings; the learning rate at every iteration is PaddleClas's (schedule.py): its
+        step_each_epoch is the train loader's batches per epoch, its epochs Global.epochs (--iters N: N / that)."""
         g = pc.global_cfg(cfg)
+        for key, fine in (("update_freq", 1), ("iter_per_epoch", None)):
+            if g.get(key, fine) != fine:
+                raise ConfigError(f"Global.{key} {g[key]} is not supported here (it changes the steps and the "
+                                  f"schedule); remove it (-o Global.{key}={'null' if fine is None else fine}).")
         ipe = self.iters_per_epoch(cfg)
-        optimizer, schedule = pc.optimizer_settings(cfg.get("Optimizer"), ipe, log=self.log)
+        epochs = Fraction(int(self.iters), ipe) if self.iters else int(g.get("epochs") or 1)
+        model = getattr(self, "built_model", None)
+        shapes = None if model is None else [(n, list(p.shape)) for n, p in model.named_parameters()
+                                             if not p.stop_gradient]
+        log = self.log if not getattr(self, "settings_logged", False) else (lambda _: None)  # said once a run
+        self.settings_logged = True
+        optimizer, schedule = optimizer_settings(cfg.get("Optimizer"), ipe, epochs, log=log, named_shapes=shapes)
         settings = {"batch_size": pc.batch_size(cfg, "Train"), "optimizer": optimizer, "lr_scheduler": schedule,
                     **self._sampling(cfg)}
         if self.iters:
             settings["iters"] = int(self.iters)
         else:
-            settings["epochs"] = int(g.get("epochs") or 1)
+            settings["epochs"] = epochs
         return settings
 
     # ----- data -------------------------------------------------------------------------------------------
