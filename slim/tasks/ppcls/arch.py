@@ -4,7 +4,8 @@
     Arch:                                                                  # several models: DistillationModel
       name: DistillationModel
       class_num: 10                     # reaches every sub-model that sets no class_num of its own
-      freeze_params_list: [True, False] # True: frozen (eval mode, no gradient, run under no_grad)
+      freeze_params_list: [True, False] # True: frozen (no gradient, run under no_grad)
+      frozen_mode: eval                 # eval (default): frozen models in eval mode; train: as PaddleClas (below)
       infer_model_name: Student         # what evaluation reports first, export writes, best_model is chosen by
       models:
         - Teacher: {name: ResNet34, pretrained: output/teacher/best_model, return_patterns: ["blocks[15]"]}
@@ -14,6 +15,13 @@ Importing ppcls: the PyPI wheel `paddleclas==2.6.0` (installed with --no-deps) h
 and `paddleclas/ppcls/utils`; its top-level `paddleclas` package imports faiss. `import_ppcls()` puts the folder
 holding `ppcls/` on sys.path without importing `paddleclas` (a PaddleClas checkout already importable as
 `ppcls` is used as it is) and initialises ppcls's logger (its models log through it).
+
+Frozen models' mode: PaddleClas only sets their parameters untrainable and trains the whole DistillationModel in
+train mode, so a frozen teacher's BatchNorm normalises every batch with that batch's statistics (its outputs depend
+on the batch), keeps updating its running statistics from the student's data (the saved teacher changes), and its
+dropout is on. Here a frozen model runs in eval mode by default: the teacher gives the outputs it was evaluated
+with, whatever the batch (which a teacher-output cache needs). `Arch.frozen_mode: train` runs it as PaddleClas does
+(PaddleClas passes the unknown Arch key to its DistillationModel, which ignores it: the config runs there too).
 
 The DistillationModel here is this package's own Layer (not ppcls.arch.distill): sub-models are sublayers
 named as in the config, so its weights are keyed `Teacher.*`, `Student.*` as PaddleClas's are. Intermediate
@@ -132,15 +140,23 @@ def run_with_captures(model, x, refs, recorder):
 
 
 
+FROZEN_MODES = ("eval", "train")
+
+
 class DistillationModel(nn.Layer):
-    """Named sub-models (sublayers `Teacher`, `Student`, ...); frozen ones run in eval mode under no_grad.
+    """Named sub-models (sublayers `Teacher`, `Student`, ...); frozen ones run under no_grad, in eval mode (or, with
+    frozen_mode "train", in the mode of the whole model, as PaddleClas runs them).
     forward(x) -> {name: logits or {'logits': ..., pattern: ...}}."""
 
-    def __init__(self, names, models, frozen, infer_model_name, patterns=None):
+    def __init__(self, names, models, frozen, infer_model_name, patterns=None, frozen_mode="eval"):
         super().__init__()
+        if frozen_mode not in FROZEN_MODES:
+            raise ConfigError(f"Arch.frozen_mode must be eval (frozen models in eval mode) or train (as PaddleClas: "
+                              f"BatchNorm with batch statistics), got {frozen_mode!r}")
         self.model_names = list(names)
         self.frozen = {n: bool(f) for n, f in zip(names, frozen)}
         self.infer_model_name = infer_model_name
+        self.frozen_mode = frozen_mode
         for name, model in zip(names, models):
             self.add_sublayer(name, model)
             if self.frozen[name]:
@@ -175,7 +191,7 @@ class DistillationModel(nn.Layer):
 
     def _run_frozen(self, name, x):
         model = self.sub(name)
-        if model.training:  # Layer.train() on a parent reaches it; a frozen model stays in eval mode
+        if model.training and self.frozen_mode == "eval":  # Layer.train() on a parent reaches it
             model.eval()
         refs, rec = self._captures.get(name, (None, None))
         with paddle.no_grad():

@@ -137,7 +137,7 @@ def unread_keys(cfg):
     arch = cfg.get("Arch") or {}
     if arch.get("name") == "DistillationModel":
         out += [f"Arch.{k}" for k in arch if k not in ("name", "class_num", "pretrained_list", "freeze_params_list",
-                                                       "infer_model_name", "models", "use_sync_bn")]
+                                                       "infer_model_name", "models", "use_sync_bn", "frozen_mode")]
     for mode in ("Train", "Eval"):
         loader = ((cfg.get("DataLoader") or {}).get(mode) or {})
         for k in (loader.get("sampler") or {}):

@@ -13,8 +13,9 @@
             - NormalizeImage: {scale: 1.0/255.0, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225], order: ''}
         sampler: {name: DistributedBatchSampler, batch_size: 64, drop_last: False, shuffle: True}
 
-Images are decoded to RGB (grey images repeated to 3 channels, as cv2 decodes them); after the ops the HWC image
-is made CHW (as PaddleClas's dataset does), unless ToCHWImage or NormalizeImage `order: chw` already did.
+Images are decoded and resized as PaddleClas does it (slim/tasks/ppcls/decode_resize.py: cv2 unless `backend: pil`;
+RGB, grey images repeated to 3 channels, BGR with `to_rgb: False`); after the ops the HWC image is made CHW (as
+PaddleClas's dataset does), unless ToCHWImage or NormalizeImage `order: chw` already did.
 Randomness uses Python's `random` (seeded per sample by the trainer: reproducible and resumable).
 """
 import math
@@ -24,10 +25,11 @@ import numpy as np
 from PIL import Image
 
 from slim.distill.errors import ConfigError
-from slim.tasks.cls.data import CenterCrop, ClsFileList, Resize, _size2, resize_to
+from slim.tasks.cls.data import CenterCrop, ClsFileList, _size2
 from .augment import RandomErasing, TimmAutoAugment
 from .autoaugment import AutoAugment
 from .config import number
+from .decode_resize import Resampler, decode
 
 _INTERP = {None: Image.BILINEAR, 0: Image.NEAREST, 1: Image.BILINEAR, 2: Image.BICUBIC, 3: Image.BOX,
            4: Image.LANCZOS, "nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "linear": Image.BILINEAR,
@@ -45,22 +47,39 @@ def pil_method(interpolation):
 
 
 class DecodeImage:
+    """How the dataset decodes the file (decode_resize.decode); as an op it passes the decoded image on."""
+
     def __init__(self, to_rgb=True, channel_first=False, to_np=True, backend="cv2"):
         if channel_first:
             raise ConfigError("DecodeImage channel_first: True is not supported here; the dataset makes the image "
                               "CHW at the end (set channel_first: False).")
+        self.to_rgb = bool(to_rgb)
+        self.backend = str(backend).lower()
+        Resampler(backend=backend, what="DecodeImage")  # the backend is checked when the config is read
 
     def __call__(self, img):
         return img
 
 
-class ResizeImage(Resize):
-    """The classification task's Resize under PaddleClas's names and interpolation codes."""
-    name = "ResizeImage"
+class ResizeImage:
+    """To `size` ([w, h] or an int), or the short side to `resize_short` (it wins when both are given), with
+    PaddleClas's rounding and its resize (cv2 unless backend: pil)."""
 
     def __init__(self, size=None, resize_short=None, interpolation=None, backend="cv2", return_numpy=True):
-        super().__init__(size, resize_short)
-        self.method = pil_method(interpolation)
+        if resize_short is not None and resize_short > 0:
+            self.resize_short, self.size = resize_short, None
+        elif size is not None:
+            self.resize_short, self.size = None, _size2(size, "ResizeImage")
+        else:
+            raise ConfigError("ResizeImage needs `size` (int or [w, h]) or `resize_short` (int)")
+        self.resample = Resampler(interpolation, backend, "ResizeImage")
+
+    def __call__(self, img):
+        h, w = img.shape[:2]
+        if self.resize_short is None:
+            return self.resample(img, self.size)
+        percent = float(self.resize_short) / min(w, h)
+        return self.resample(img, (int(round(w * percent)), int(round(h * percent))))
 
 
 class CropImage(CenterCrop):
@@ -76,22 +95,22 @@ class RandCropImage:
         self.size = _size2(size, "RandCropImage")
         self.scale = [0.08, 1.0] if scale is None else [float(s) for s in scale]
         self.ratio = [3.0 / 4.0, 4.0 / 3.0] if ratio is None else [float(r) for r in ratio]
-        self.method, self.use_log_aspect = pil_method(interpolation), bool(use_log_aspect)
+        self.resample, self.use_log_aspect = Resampler(interpolation, backend, "RandCropImage"), bool(use_log_aspect)
 
     def __call__(self, img):
         if self.use_log_aspect:
             aspect = math.exp(random.uniform(math.log(self.ratio[0]), math.log(self.ratio[1])))
         else:
             aspect = random.uniform(*self.ratio)
-        aspect = math.sqrt(aspect)
-        w, h = aspect, 1.0 / aspect
         img_h, img_w = img.shape[:2]
-        bound = min((float(img_w) / img_h) / (w ** 2), (float(img_h) / img_w) / (h ** 2))
+        bound = min((float(img_w) / img_h) / aspect, (float(img_h) / img_w) * aspect)
         scale_max, scale_min = min(self.scale[1], bound), min(self.scale[0], bound)
-        side = math.sqrt(img_w * img_h * random.uniform(scale_min, scale_max))
-        w, h = max(1, min(img_w, int(side * w))), max(1, min(img_h, int(side * h)))
+        area = img_w * img_h * random.uniform(scale_min, scale_max)
+        # PaddleClas's arithmetic, for the same crop from the same draws
+        w = max(1, min(img_w, int(math.sqrt(area * aspect))))
+        h = max(1, min(img_h, int(math.sqrt(area / aspect))))
         x, y = random.randint(0, img_w - w), random.randint(0, img_h - h)
-        return resize_to(img[y:y + h, x:x + w], self.size, self.method)
+        return self.resample(img[y:y + h, x:x + w], self.size)
 
 
 class RandFlipImage:
@@ -181,6 +200,11 @@ class ImageNetDataset(ClsFileList):
         super().__init__(dataset_root=image_root, file_list=cls_label_path, transforms=None, color="rgb",
                          delimiter=delimiter)
         self.transforms = Compose(transform_ops, f"{where}.dataset.transform_ops")
+        decoders = [op for op in self.transforms.ops if isinstance(op, DecodeImage)]
+        self.decoder = decoders[0] if decoders else DecodeImage()
+
+    def image(self, index):
+        return decode(self.samples[index][0], self.decoder.to_rgb, self.decoder.backend)
 
 
 DATASETS = {"ImageNetDataset": ImageNetDataset}

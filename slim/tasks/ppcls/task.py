@@ -220,7 +220,8 @@ class Task(TaskBase):
                                       f"{', '.join(names)}.")
                 patterns[m].extend(keys)
         model = ppcls_arch.DistillationModel(names, models, [s.frozen for s in specs],
-                                             self.infer_model_name(cfg, specs), patterns)
+                                             self.infer_model_name(cfg, specs), patterns,
+                                             frozen_mode=str(arch.get("frozen_mode") or "eval"))
         trainable = [loss for loss in losses if any(not p.stop_gradient for p in loss.parameters())]
         if trainable:
             for i, loss in enumerate(trainable):
@@ -230,7 +231,9 @@ class Task(TaskBase):
             model.add_sublayer(LOSS_LAYERS, paddle.nn.LayerList(trainable))
         frozen = [s.name for s in specs if s.frozen]
         trained = [s.name for s in specs if not s.frozen]
-        log(f"DistillationModel: {', '.join(f'{s.name} ({s.backbone})' for s in specs)}; frozen (eval mode, no "
+        mode = ("eval mode" if model.frozen_mode == "eval" else
+                "train mode as in PaddleClas: BatchNorm on batch statistics, running statistics updated")
+        log(f"DistillationModel: {', '.join(f'{s.name} ({s.backbone})' for s in specs)}; frozen ({mode}, no "
             f"gradient): {', '.join(frozen) or 'none'}; trained: {', '.join(trained)}"
             + (" (mutual learning: one optimizer over all of them)" if len(trained) > 1 else "")
             + f"; infer_model_name: {model.infer_model_name}")
@@ -269,6 +272,10 @@ class Task(TaskBase):
         if not isinstance(model, ppcls_arch.DistillationModel):
             raise ConfigError(f"--teacher_cache stores the outputs of a DistillationModel's frozen teacher; this Arch "
                               f"is a single model ({type(model).__name__}). Drop --teacher_cache.")
+        if model.frozen_names() and model.frozen_mode == "train":
+            raise ConfigError("--teacher_cache stores a frozen teacher's outputs, but Arch.frozen_mode train runs it "
+                              "in train mode (BatchNorm on each batch's statistics): its outputs change with the "
+                              "batch. Drop --teacher_cache or set -o Arch.frozen_mode=eval.")
         if not model.frozen_names():
             raise ConfigError("--teacher_cache stores a frozen teacher's outputs, but Arch.freeze_params_list freezes "
                               "no model (mutual learning: every model trains, so no output stays the same). Drop "
