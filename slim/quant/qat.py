@@ -316,7 +316,8 @@ def weights_order(state, settings: Optional[QuantSettings], what: str, training:
         raise ConfigError(f"{what} hold a quantisation-aware (QAT) model (fake-quant scales such as "
                           f"{', '.join(quant_keys(state))}), but no quantisation settings were given: pass "
                           f"{flag} Q.yml with the quant settings of the run that trained them (or give the config its "
-                          f"`quant:` section), so that the model is built quantised before they load.")
+                          f"`quant:` section; PaddleClas configs: `Slim: {{quant: {{name: pact}}}}`), so that the model "
+                          f"is built quantised before they load.")
     if quantized:
         return "before"
     if settings is None:

@@ -200,7 +200,8 @@ class StudentQuant:
         if print_model_wanted(self.cfg):
             self.log(f"Quantized model:\n{target}")
         if target is not self.model:
-            self.log(f"QAT applies to {type(target).__name__} only; the other models stay fp32")
+            name = next((n for n, layer in self.model.named_sublayers() if layer is target), type(target).__name__)
+            self.log(f"QAT applies to {name} only; the other models stay fp32")
         self.done = True
         return self.model
 
@@ -241,7 +242,8 @@ def check_resume(resume_model, student, save_dir=None):
     if quantized_ckpt and not quantized_model:
         raise ConfigError(f"Checkpoint {path} is of a quantisation-aware (QAT) run (its weights hold fake-quant "
                           f"scales), but this run's student is not quantised: pass the same {QUANT_FLAG} Q.yml (or "
-                          f"`quant:` section) as the run that wrote it. Nothing in --save_dir was changed.")
+                          f"`quant:` section; PaddleClas: `Slim.quant`) as the run that wrote it. Nothing in --save_dir "
+                          f"was changed.")
     if quantized_model and not quantized_ckpt:
         raise ConfigError(f"Checkpoint {path} is of an fp32 run (no fake-quant scales), but this run quantises the "
                           f"student: a QAT run cannot continue it. Start QAT from its weights with --init_weights "
@@ -315,13 +317,14 @@ def self_default_pairs(task, cfg):
         raise ConfigError(f"--teacher self: no distillation terms given and no default for a {cfg.get('architecture')} "
                           f"detector (the default is YOLOv3's); add a `distill:` list of pairs to the student config.")
     ref = task.logits_ref(cfg)
-    spec = {"name": "distill_KLLoss", "student": _ref_spec(ref), "teacher": _ref_spec(ref),
+    spec = {"name": "distill_KLLoss", "student": layer_ref_spec(ref), "teacher": layer_ref_spec(ref),
             "loss": {"type": "KLLoss"}, "weight": 1.0}
     return [spec], (f"--teacher self and no distillation terms given: KLLoss (temperature 1) between the QAT "
                     f"student's logits ({ref.describe()}) and its fp32 copy's, weight 1")
 
 
-def _ref_spec(ref):
+def layer_ref_spec(ref):
+    """A LayerRef as the `student:` / `teacher:` mapping of a yaml pair."""
     spec = {"layer": ref.layer, "io": ref.io}
     if ref.idx is not None:
         spec["idx"] = ref.idx
