@@ -146,3 +146,19 @@ def test_teacher_self_default_terms_for_segmentation_and_detection(tmp_path):
     record = (tmp_path / "det_run" / "record.txt").read_text()
     assert "--teacher self: no distillation terms given" in record and "L2Loss on the head outputs" in record
     assert "distill pair 'l2_out2'" in record
+
+
+def test_pipeline_stages_go_from_fp32_to_qat_distilled_to_qat_continued(cls):
+    root = cls["root"]
+    pipe = write(root / "pipe.yml", {"save_dir": str(root / "pipe"), "stages": [
+        {"name": "fp32", "student": cls["teacher"], "iters": 2},
+        {"name": "qat", "teacher": {"stage": "fp32"}, "student": cls["teacher"], "init": "previous",
+         "opts": ["quant={use_pact: true}"], "distill_loss": {"types": [{"type": "KLLoss"}], "coef": [1]}, "iters": 2},
+        {"name": "qat_more", "student": cls["teacher"], "init": "previous", "opts": ["quant={use_pact: true}"],
+         "iters": 2}]})
+    assert run_tool("distill_train", "--pipeline", pipe, "--seed", 0, "--log_iters", 1) == 0
+    qat, more = ((root / "pipe" / d / "record.txt").read_text() for d in ("2_qat", "3_qat_more"))
+    assert "layer(s) quantised" in qat and "distill_KLLoss" in qat
+    assert "the starting weights are a QAT checkpoint: the student is quantised before they load" in more
+    assert "loaded 50/50 tensors" in more  # every weight, scale and observer state of the QAT stage
+    assert not state_is_quantized(paddle.load(str(root / "pipe" / "1_fp32" / "iter_2" / "model.pdparams")))
