@@ -372,4 +372,5 @@ def copy_settings(settings: QuantSettings, **changes) -> QuantSettings:
 
 
 __all__ = ["QuantSettings", "quant_settings", "quant_settings_of", "quantize_model", "is_quantized",
-           "save_quantized_inference_model", "state_is_quantized", "weights_order", "PACT", "QUANT_FLAG"]
+           "save_quantized_inference_model", "state_is_quantized", "weights_order", "copy_settings", "PACT",
+           "QUANT_FLAG"]

@@ -77,7 +77,7 @@ def apply_quant_config(path, task, cfg, opts=(), log=print):
     if extra:
         raise ConfigError(f"{QUANT_FLAG} {path}: only the `quant:` section is read from it, but it also has "
                           f"{', '.join(extra)}; put those in the training config (or -o).")
-    quant_settings(_without_print(section), f"{path}: {where}")  # its errors name the file
+    quant_settings(section, f"{path}: {where}")  # its errors name the file
     section = dict(section) if isinstance(section, dict) else section
     owner = cfg.setdefault("Slim", {}) if task.name == "ppcls" else cfg
     old, _ = quant_section_of(cfg)
@@ -108,16 +108,10 @@ def prepare_config(args, task, cfg, opts=(), log=print):
     return apply_quant_config(getattr(args, "quant_config", None), task, cfg, opts, log)
 
 
-def _without_print(section):
-    if isinstance(section, dict) and PRINT_MODEL in section:
-        section = {k: v for k, v in section.items() if k != PRINT_MODEL}
-    return section
-
-
 def settings_of(cfg):
     """The QAT settings of a (student) config, or None."""
     section, where = quant_section_of(cfg)
-    return None if section is None else quant_settings(_without_print(section), where)
+    return None if section is None else quant_settings(section, where)
 
 
 def print_model_wanted(cfg):
