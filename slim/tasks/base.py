@@ -216,6 +216,12 @@ class TaskBase:
         """The layer to export (a wrapper when the deployed model should return something else)."""
         return model
 
+    def exported_model(self, run, cfg):
+        """A stand-in for the model in `evaluate` that computes with an exported model: `run` takes the inputs of
+        `export_input_spec` as numpy arrays and returns the exported model's outputs as numpy arrays (Paddle
+        Inference, slim/quant/inference.py). Tasks whose `evaluate` calls the model otherwise override this."""
+        return ExportedModel(run)
+
     def predict_files(self, model, cfg, paths, out_dir, log=print):
         """Run the model on image files and write visualisations under out_dir."""
         raise NotImplementedError(f"prediction is not available for the {self.name} task")
@@ -237,6 +243,26 @@ class TaskBase:
         if isinstance(backbone, dict) and backbone.get("type"):
             parts.append(str(backbone["type"]))
         return "_".join(parts).lower()
+
+
+class ExportedModel:
+    """An exported model called like the dygraph one in `evaluate`: paddle tensors in, paddle tensors out (one
+    output as a tensor, several as a tuple); it has no training mode."""
+    training = False
+
+    def __init__(self, run):
+        self.run = run
+
+    def __call__(self, *inputs):
+        import paddle
+        outputs = [paddle.to_tensor(o) for o in self.run([x.numpy() for x in inputs])]
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    def eval(self):
+        return self
+
+    def train(self, mode=True):
+        return self
 
 
 def weighted_terms(named_losses):

@@ -116,6 +116,8 @@ def logits_and_embedding(model, x):
         embedding = model.embed(x)
         return model.head(embedding), embedding
     out = model(x)
+    if isinstance(out, (tuple, list)):  # an exported Classifier (ClsExport): (logits, embedding)
+        return out[0], out[1]
     return out, out
 
 

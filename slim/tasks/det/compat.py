@@ -6,8 +6,9 @@
   own config and restores the global one afterwards.
 - `ppdet.modeling.ops.multiclass_nms` builds its op with the legacy static-graph LayerHelper outside
   dygraph, which Paddle 3's static graph (PIR) refuses (`TypeError ... multiclass_nms3 should be one of
-  [str, bytes, Variable]`), so `paddle.jit.save` of any model with NMS failed. Outside dygraph it now
-  calls the same kernel through `paddle._C_ops.multiclass_nms3`.
+  [str, bytes, Variable]`), so `paddle.jit.save` of any model with NMS failed. In PIR traces it now
+  calls the same kernel through `paddle._C_ops.multiclass_nms3` (old-IR traces, as the int8 export makes,
+  keep ppdet's LayerHelper op).
 - `ppdet.modeling.losses.gfocal_loss.quality_focal_loss` (GFL's QFL) multiplies a float loss by a bool mask,
   which Paddle 3 refuses (`Type promotion only support calculations between floating-point numbers`): the
   same computation with the mask as float32.
@@ -56,7 +57,7 @@ def _patch_multiclass_nms():
     def multiclass_nms(bboxes, scores, score_threshold, nms_top_k, keep_top_k, nms_threshold=0.3,
                        normalized=True, nms_eta=1., background_label=-1, return_index=False,
                        return_rois_num=True, rois_num=None, name=None):
-        if paddle.in_dynamic_mode():
+        if paddle.in_dynamic_mode() or not paddle.framework.in_pir_mode():
             return original(bboxes, scores, score_threshold, nms_top_k, keep_top_k, nms_threshold, normalized,
                             nms_eta, background_label, return_index, return_rois_num, rois_num, name)
         out, index, nms_rois_num = paddle._C_ops.multiclass_nms3(

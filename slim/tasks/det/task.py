@@ -432,6 +432,21 @@ class Task(TaskBase):
     def export_model(self, model, cfg):
         return DetExport(model)
 
+    def exported_model(self, run, cfg):
+        """The exported detector (image -> boxes in the input's pixels, DetExport) called with ppdet's eval
+        inputs: boxes are scaled back to the original image as ppdet's post-processing does (scale_factor)."""
+        def detect(inputs):
+            bbox, bbox_num = run([inputs["image"].numpy()])[:2]
+            bbox, bbox_num = bbox.copy(), bbox_num.reshape(-1)
+            scale = inputs["scale_factor"].numpy()  # (N, 2): (y, x)
+            start = 0
+            for i, n in enumerate(bbox_num):
+                sy, sx = scale[i]
+                bbox[start:start + int(n), 2:6] /= np.array([sx, sy, sx, sy], dtype=bbox.dtype)
+                start += int(n)
+            return {"bbox": paddle.to_tensor(bbox), "bbox_num": paddle.to_tensor(bbox_num)}
+        return detect
+
     def predict_files(self, model, cfg, paths, out_dir, log=print, draw_threshold=0.5):
         """Draw boxes (label and score) with score >= draw_threshold on each image; write them to out_dir
         with a bbox.json of every detection."""

@@ -246,6 +246,11 @@ class Task(TaskBase):
     def export_model(self, model, cfg):
         return SegLogits(model)
 
+    def exported_model(self, run, cfg):
+        # PaddleSeg's inference() reads logits[0] of the model's output list
+        exported = super().exported_model(run, cfg)
+        return lambda img: [exported(img)]
+
     def predict_files(self, model, cfg, paths, out_dir, log=print):
         """Pseudo-colour masks in out_dir/pseudo_color_prediction, overlays in out_dir/added_prediction."""
         import cv2
