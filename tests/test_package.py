@@ -47,7 +47,7 @@ def test_the_public_names_import_from_outside_the_checkout(tmp_path):
 
 
 SCRIPTS = ["slim-distill", "slim-train", "slim-eval", "slim-predict", "slim-infer", "slim-export", "slim-list-layers",
-           "slim-prune-layers", "slim-prepare-data", "slim-demo", "slim-ptq"]
+           "slim-prune-layers", "slim-prepare-data", "slim-demo", "slim-ptq", "slim-cache"]
 
 
 def test_every_console_script_answers_help_from_outside_the_checkout(tmp_path):

@@ -37,7 +37,8 @@ def read(path):
 
 def test_teacher_run_writes_checkpoints_log_and_best_model(seg):
     run = seg["teacher_dir"]
-    assert sorted(os.listdir(run / "iter_2")) == ["model.pdopt", "model.pdparams", "train_state.pdstates"]
+    assert sorted(os.listdir(run / "iter_2")) == ["manifest.json", "model.pdopt", "model.pdparams",
+                                                   "train_state.pdstates"]
     assert os.path.isfile(run / "iter_4" / "model.pdparams")
     assert json.loads(read(run / "best_model" / "metrics.json"))["iter"] in (2, 4)
     log = read(run / "record.txt")
@@ -73,8 +74,8 @@ def test_resume_after_interrupt_equals_an_unbroken_run(seg):
     assert run_tool("distill_train", *common, "--save_dir", unbroken) == 0
 
     assert run_interrupted(2, "distill_train", *common, "--save_dir", broken) == 130  # at the third step
-    assert sorted(os.listdir(broken / "iter_2")) == ["connectors.pdparams", "model.pdopt", "model.pdparams",
-                                                     "train_state.pdstates"]
+    assert sorted(os.listdir(broken / "iter_2")) == ["connectors.pdparams", "manifest.json", "model.pdopt",
+                                                     "model.pdparams", "train_state.pdstates"]
     assert "--resume_model" in read(broken / "record.txt")
     assert run_tool("distill_train", *common, "--save_dir", broken, "--resume_model", broken / "iter_2") == 0
 

@@ -175,7 +175,7 @@ def test_two_processes_fill_and_read_one_cache(seg, tmp_path):
 
 def test_a_full_disk_is_refused_before_anything_is_written(seg, capsys, monkeypatch):
     cache = seg["root"] / "cache_full"
-    monkeypatch.setenv("SLIM_TEST_CACHE_FREE_BYTES", "1000")
+    monkeypatch.setenv("SLIM_TEST_FREE_BYTES", "1000")
     assert distill(seg, seg["root"] / "full", "--seed", 3, "--teacher_cache", cache) == 2
     err = capsys.readouterr().err
     assert "The teacher cache would need about" in err and "1000 B free" in err and "nothing was written" in err

@@ -11,6 +11,7 @@ of slim/apps/ as its `tools/*.py` (or `slim/distill/distill_train.py`) script do
     slim-prune-layers   tools/prune_layers.py  cut blocks out of a checkpoint
     slim-prepare-data   tools/prepare_data.py  datasets from installed packages' sample data
     slim-demo           tools/demo.py      each task's demo, end to end
+    slim-cache          tools/cache.py     check a teacher-output cache (`verify DIR [--repair]`)
 """
 import importlib
 from functools import partial
@@ -31,3 +32,4 @@ list_layers = partial(_cli, "list_layers")
 prune_layers = partial(_cli, "prune_layers")
 prepare_data = partial(_cli, "prepare_data")
 demo = partial(_cli, "demo")
+cache = partial(_cli, "cache")

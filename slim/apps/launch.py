@@ -39,6 +39,27 @@ non_negative_int = _bounded(int, 0, "a whole number >= 0", 0)
 non_negative_float = _bounded(float, 0.0, "a finite number >= 0", 0.01)
 
 
+class _SkipVerify(argparse.Action):
+    """--skip_verify: load checkpoints whose files differ from their manifest (checkpoint.py), at once for
+    every load of this process."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=False, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from slim.engine.checkpoint import set_verify
+        set_verify(False)
+        setattr(namespace, self.dest, True)
+
+
+def add_integrity_flags(parser):
+    parser.add_argument("--skip_verify", action=_SkipVerify,
+                        help="load weights and checkpoints even when their files differ from the manifest.json "
+                             "saved with them (damaged or changed since); by default such a file is refused and "
+                             "--resume_model auto skips its folder")
+    return parser
+
+
 def add_common_flags(parser):
     p = parser
     p.add_argument("--iters", type=positive_int, default=None, help="training iterations (overrides `iters`)")
@@ -71,6 +92,7 @@ def add_common_flags(parser):
                    "(student, teacher, distillation), measured once at the start (costs about three steps)")
     add_precision_flags(p)
     quant_training.add_quant_flags(p)
+    add_integrity_flags(p)
     p.add_argument("-o", "--opts", nargs="+", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. -o batch_size=4 model.backbone.output_stride=16")
     return p
@@ -173,6 +195,9 @@ def add_teacher_cache_flags(parser):
                    help="classification: store the K largest logits of each sample and one value for the rest")
     p.add_argument("--teacher_cache_rebuild", action="store_true",
                    help="when DIR was filled for another teacher, data or settings: delete its entries and refill")
+    p.add_argument("--teacher_cache_repair", action="store_true",
+                   help="check every entry of DIR against its checksum before training and refill the damaged ones "
+                        "(e.g. after copying the cache to another node; `slim-cache verify DIR` only reports)")
 
 
 def teacher_source(task, teacher_cfg, weights=None, allow_untrained=False, log=print, key=None, student=None,
@@ -219,7 +244,8 @@ def options_from_args(args, save_dir):
                         teacher_cache=getattr(args, "teacher_cache", None),
                         teacher_cache_dtype=getattr(args, "teacher_cache_dtype", "float16"),
                         teacher_cache_topk=getattr(args, "teacher_cache_topk", None),
-                        teacher_cache_rebuild=getattr(args, "teacher_cache_rebuild", False))
+                        teacher_cache_rebuild=getattr(args, "teacher_cache_rebuild", False),
+                        teacher_cache_repair=getattr(args, "teacher_cache_repair", False))
 
 
 def _fmt_number(value):
@@ -259,6 +285,13 @@ def run_main(main):
         return main() or 0
     except SlimError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk where no writer named what it was writing (storage.py names most)
+        from slim.engine.storage import disk_full, is_disk_full
+        if not is_disk_full(e):
+            raise
+        where = e.filename or os.getcwd()
+        print(f"error: {disk_full(where, 'a file' if e.filename else 'an output file')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C; a stop requested by a signal carries its own status (SIGTERM: 143)
         print(str(e) or "interrupted", file=sys.stderr)

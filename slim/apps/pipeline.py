@@ -39,7 +39,7 @@ Other stage keys: `opts` (student config overrides, like -o), `distill` (pairs) 
 `distill_layers_blocks`, itself defaulting to `block_list`), `distill_layers_loss` ({type: L2Loss}),
 `distill_layers_weight`, `distill_layers_align`, `freeze`, `handoff` (last | best: which weights the next
 stage gets; removal stages always hand off their last ones), `teacher_cache` (a folder, or {dir, dtype,
-topk, rebuild}: the teacher's outputs stored and reused, slim/engine/teacher_cache.py), and the run
+topk, rebuild, repair}: the teacher's outputs stored and reused, slim/engine/teacher_cache.py), and the run
 settings `seed`, `data_seed`, `save_interval`, `log_iters`, `do_eval`, `eval_interval`, `keep_checkpoint_max`, `num_workers`, `use_vdl`,
 `amp` (mixed precision: `amp: {precision: fp16, level: O1}`, precision fp32, fp16 or bf16, level O1 or O2;
 see slim/engine/amp.py; --precision / --amp_level / --amp on the command line).
@@ -80,7 +80,7 @@ STAGE_KEYS = {
     "distill_layers_teacher", "distill_layers_blocks", "distill_layers_teacher_blocks", "distill_layers_loss",
     "distill_layers_weight", "distill_layers_align", "freeze", "trainable", "handoff", "teacher_cache", *RUN_KEYS,
 }
-CACHE_KEYS = {"dir", "dtype", "topk", "rebuild"}
+CACHE_KEYS = {"dir", "dtype", "topk", "rebuild", "repair"}
 RUN_DEFAULTS = {"seed": None, "save_interval": 1000, "log_iters": 10, "do_eval": False, "eval_interval": None,
                 "keep_checkpoint_max": 5, "num_workers": 0, "use_vdl": False, "amp": None, "data_seed": None}
 
@@ -195,19 +195,20 @@ class Stage:
                                   f"before it (earlier stages: {', '.join(self.earlier) or 'none'}).")
 
     def _teacher_cache(self, value):
-        """`teacher_cache: DIR` or {dir: DIR, dtype: float16, topk: K, rebuild: false} -> a dict, or None."""
+        """`teacher_cache: DIR` or {dir: DIR, dtype: float16, topk: K, rebuild: false, repair: false} -> a dict,
+        or None."""
         if value is None:
             return None
         if isinstance(value, str):
             value = {"dir": value}
         if not isinstance(value, dict) or not value.get("dir"):
             raise ConfigError(f"{self.where}: `teacher_cache` must be a folder or a mapping with `dir` (and optionally "
-                              f"dtype, topk, rebuild), got {value!r}")
+                              f"dtype, topk, rebuild, repair), got {value!r}")
         check_keys(value, CACHE_KEYS, f"{self.where}: teacher_cache")
         if self.teacher is None:
             raise ConfigError(f"{self.where}: `teacher_cache` needs a teacher; set `teacher:` or drop it.")
         return {"dir": str(value["dir"]), "dtype": str(value.get("dtype", "float16")), "topk": value.get("topk"),
-                "rebuild": bool(value.get("rebuild", False))}
+                "rebuild": bool(value.get("rebuild", False)), "repair": bool(value.get("repair", False))}
 
     def _teacher(self, value, find_file):
         if value is None:
@@ -637,6 +638,7 @@ def parse_args(argv):
     p.add_argument("--eval_interval", type=launch.positive_int, default=None)
     p.add_argument("--use_vdl", action="store_true", default=None)
     launch.add_precision_flags(p)
+    launch.add_integrity_flags(p)
     p.add_argument("--allow_untrained_teacher", action="store_true",
                    help="stages may use a teacher without weights (pipeline tests only)")
     p.add_argument("-o", "--opts", nargs="+", default=[], metavar="KEY=VALUE",
@@ -650,7 +652,7 @@ def _cache_options(cache):
     if not cache:
         return {}
     return {"teacher_cache": cache["dir"], "teacher_cache_dtype": cache["dtype"], "teacher_cache_topk": cache["topk"],
-            "teacher_cache_rebuild": cache["rebuild"]}
+            "teacher_cache_rebuild": cache["rebuild"], "teacher_cache_repair": cache["repair"]}
 
 
 def _amp_flags(args):

@@ -160,7 +160,8 @@ def train_main(argv):
         overwrite=getattr(args, "overwrite", False), analyse=getattr(args, "analyse", False),
         precision=precision or "fp32", amp_level=level or "O1", data_seed=getattr(args, "data_seed", None),
         teacher_cache=args.teacher_cache, teacher_cache_dtype=args.teacher_cache_dtype,
-        teacher_cache_topk=args.teacher_cache_topk, teacher_cache_rebuild=args.teacher_cache_rebuild)
+        teacher_cache_topk=args.teacher_cache_topk, teacher_cache_rebuild=args.teacher_cache_rebuild,
+        teacher_cache_repair=args.teacher_cache_repair)
     notes.append(f"{ipe} iterations per epoch; checkpoints every {save_interval}, evaluation every {eval_interval} "
                  f"iterations" + ("" if options.do_eval else " (evaluation off: Global.eval_during_train is not True)"))
     launch.train(task, cfg, model, options=options, notes=notes)
@@ -202,6 +203,7 @@ def _tool_parser(doc):
     p.add_argument("--device", default=None, help="cpu or gpu (default: Global.device, cpu when no GPU)")
     quant_training.add_quant_flags(p, teacher=False)
     p.add_argument("-o", "--opts", nargs="+", default=[], metavar="KEY=VALUE")
+    launch.add_integrity_flags(p)
     return p
 
 

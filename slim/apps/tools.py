@@ -4,7 +4,7 @@ import os
 from slim.distill.errors import ConfigError
 from slim.engine import env
 from slim.quant import training as quant_training
-from .launch import load_task_config
+from .launch import add_integrity_flags, load_task_config
 
 
 def add_model_flags(parser):
@@ -15,6 +15,7 @@ def add_model_flags(parser):
     parser.add_argument("-o", "--opts", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config overrides; `-o weights=PATH` is the PaddleDetection spelling of --model_path")
     quant_training.add_quant_flags(parser, teacher=False)
+    add_integrity_flags(parser)
     return parser
 
 

@@ -8,17 +8,28 @@ A checkpoint folder (`iter_N/`, `best_model/`) holds:
     model.pdopt          optimizer state, learning-rate schedule included
     train_state.pdstates iteration, epoch, best metric, random states
     metrics.json         evaluation results, when the folder was written after an evaluation
+    manifest.json        written last: each file's size and sha256
 
 Each folder is first written under a temporary name (`.iter_N.tmp-*`) and then renamed, so a crash while
 saving never leaves a half-written checkpoint in place of a good one. `--resume_model auto` takes the newest
 `iter_N` that reads back completely (find_latest_checkpoint): temporary folders of a killed save, folders
 missing a file and files that cannot be read (truncated) are skipped, each with a line saying why.
 
+Integrity: manifest.json lists every file of the folder with its size and sha256, written after the files
+and before the rename. Whatever loads from a folder that has one checks the files it reads first (resume,
+`auto`, tools/eval.py, tools/export.py, --init_weights, teacher weights, pipelines): `auto` skips a folder whose
+bytes changed, naming the file; a folder or file given by name is refused with a ConfigError that names
+`--skip_verify`, the flag that loads it anyway. Folders without a manifest (older runs, users' own .pdparams)
+load as before. A full disk while saving is a DiskFullError (storage.py): one line, the partial folder
+removed, earlier checkpoints kept; a checkpoint larger than the free space is refused before it is written.
+
 Test hooks (environment variables, for the tests of the points above; never set them otherwise):
     SLIM_TEST_KILL_DURING_SAVE=N   the process SIGKILLs itself right after writing model.pdparams into the
                                    temporary folder of `iter_N`, as a machine failing mid-save would
     SLIM_TEST_SLOW_SAVE=SECONDS    every save sleeps that long after writing model.pdparams (to send a
                                    signal while a save is under way)
+    SLIM_TEST_ENOSPC=checkpoint:N  the N-th save of this process runs out of disk space after writing
+                                   model.pdparams (storage.py)
 """
 import json
 import os
@@ -29,12 +40,16 @@ import signal
 import tempfile
 import time
 
+import numpy as np
 import paddle
 
 from slim.distill.errors import ConfigError
+from .storage import ensure_space, sha256_of, writing
 
 MODEL_FILE, CONNECTOR_FILE, OPT_FILE, STATE_FILE, EMA_FILE = (
     "model.pdparams", "connectors.pdparams", "model.pdopt", "train_state.pdstates", "ema.pdparams")
+MANIFEST_FILE = "manifest.json"
+SKIP_VERIFY_FLAG = "--skip_verify"
 _ITER_RE = re.compile(r"^iter_(\d+)$")
 _TMP_RE = re.compile(r"^\.iter_\d+\.tmp-")  # save_checkpoint's temporary folder
 _OLD_RE = re.compile(r"^iter_\d+\.old-\d+$")  # _replace_dir's copy being replaced
@@ -55,34 +70,118 @@ def _replace_dir(tmp_dir, final_dir):
         shutil.rmtree(trash, ignore_errors=True)
 
 
+def state_nbytes(obj):
+    """The bytes of the tensors and arrays in a (nested) state: about the size of its saved file."""
+    if isinstance(obj, dict):
+        return sum(state_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(state_nbytes(v) for v in obj)
+    if isinstance(obj, paddle.Tensor):
+        return int(np.prod(obj.shape, dtype=np.int64)) * obj.element_size()
+    if isinstance(obj, np.ndarray):
+        return int(obj.nbytes)
+    return 0
+
+
 def save_checkpoint(path, model_state, connector_state=None, optimizer_state=None, train_state=None,
                     metrics=None, ema_state=None):
+    """Write a checkpoint folder atomically (module docstring); a full disk is a DiskFullError, with the
+    partial folder removed and every earlier checkpoint kept."""
     parent = os.path.dirname(os.path.abspath(path))
+    name = os.path.basename(os.path.normpath(path))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+    kept = (f"earlier checkpoints in {parent} are kept. Free some space or give --save_dir on a larger disk, then "
+            f"continue with --resume_model auto.")
+    hint = f"The partial {name} was removed; {kept}"
+    files = [(MODEL_FILE, model_state), (CONNECTOR_FILE, connector_state or None),
+             (OPT_FILE, optimizer_state), (EMA_FILE, ema_state)]
+    total = sum(state_nbytes(state) for _, state in files)
+    ensure_space(parent, total, f"The checkpoint {name}", hint=kept[0].upper() + kept[1:])
+    with writing(parent, f"the checkpoint {name}", total, hint):
+        tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a checkpoint folder is an ordinary folder
     try:
-        paddle.save(model_state, os.path.join(tmp, MODEL_FILE))
-        _test_hooks_mid_save(path)
-        if connector_state:
-            paddle.save(connector_state, os.path.join(tmp, CONNECTOR_FILE))
-        if optimizer_state is not None:
-            paddle.save(optimizer_state, os.path.join(tmp, OPT_FILE))
-        if ema_state is not None:
-            paddle.save(ema_state, os.path.join(tmp, EMA_FILE))
-        if train_state is not None:  # pickle: paddle.load would turn numpy's RNG state into tensors
-            with open(os.path.join(tmp, STATE_FILE), "wb") as f:
-                pickle.dump(train_state, f)
-        if metrics is not None:
-            with open(os.path.join(tmp, "metrics.json"), "w") as f:
-                json.dump(metrics, f, indent=1)
+        for file, state in files:
+            if state is None:
+                continue
+            with writing(os.path.join(path, file), f"the checkpoint {name} ({file})", state_nbytes(state), hint,
+                         kind="checkpoint" if file == OPT_FILE else None):
+                paddle.save(state, os.path.join(tmp, file))
+            if file == MODEL_FILE:
+                _test_hooks_mid_save(path)
+        with writing(path, f"the checkpoint {name} ({STATE_FILE}, metrics.json, {MANIFEST_FILE})", None, hint):
+            if train_state is not None:  # pickle: paddle.load would turn numpy's RNG state into tensors
+                with open(os.path.join(tmp, STATE_FILE), "wb") as f:
+                    pickle.dump(train_state, f)
+            if metrics is not None:
+                with open(os.path.join(tmp, "metrics.json"), "w") as f:
+                    json.dump(metrics, f, indent=1)
+            write_manifest(tmp)
         _replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+# ----- integrity: manifest.json ---------------------------------------------------------------------
+_VERIFY = {"enabled": True}
+
+
+def set_verify(enabled):
+    """Check manifests before loading (the default), or not (`--skip_verify`)."""
+    _VERIFY["enabled"] = bool(enabled)
+
+
+def write_manifest(folder):
+    """manifest.json: size and sha256 of every file in `folder` (written last, so it covers them all)."""
+    files = {}
+    for file in sorted(os.listdir(folder)):
+        full = os.path.join(folder, file)
+        if file != MANIFEST_FILE and os.path.isfile(full):
+            files[file] = {"bytes": os.path.getsize(full), "sha256": sha256_of(full)}
+    tmp = os.path.join(folder, f".{MANIFEST_FILE}.tmp")
+    with open(tmp, "w") as f:
+        json.dump({"format": 1, "files": files}, f, indent=1)
+    os.replace(tmp, os.path.join(folder, MANIFEST_FILE))
+
+
+def verify_files(folder, names=None):
+    """None when `folder` has no manifest.json (nothing to check) or when the files it lists (only `names`,
+    when given) have their recorded size and sha256; else a sentence naming the first file that differs."""
+    manifest_path = os.path.join(folder, MANIFEST_FILE)
+    if not _VERIFY["enabled"] or not os.path.isfile(manifest_path):
+        return None
+    try:
+        with open(manifest_path) as f:
+            listed = json.load(f)["files"]
+        listed = {str(k): (int(v["bytes"]), str(v["sha256"])) for k, v in listed.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        return f"its {MANIFEST_FILE} cannot be read ({type(e).__name__}: {e}), so its files cannot be checked"
+    for name in (names if names is not None else sorted(listed)):
+        if name not in listed:
+            continue
+        size, digest = listed[name]
+        full = os.path.join(folder, name)
+        if not os.path.isfile(full):
+            return f"{name} is listed in its {MANIFEST_FILE} but missing"
+        actual = os.path.getsize(full)
+        if actual < size:
+            return f"{name} cannot be read, it is truncated ({actual} of the {size} bytes its {MANIFEST_FILE} records)"
+        if actual != size:
+            return f"{name} has {actual} bytes where its {MANIFEST_FILE} records {size} (changed after it was saved)"
+        got = sha256_of(full)
+        if got != digest:
+            return (f"the sha256 of {name} ({got[:12]}) differs from its {MANIFEST_FILE} ({digest[:12]}): its bytes "
+                    f"changed after it was saved (damaged storage, an interrupted copy or an edit)")
+    return None
+
+
+def _damaged(what, path, problem):
+    return ConfigError(f"{what} {path} is damaged: {problem}. Copy it again from a good source, or pick another "
+                       f"checkpoint; {SKIP_VERIFY_FLAG} loads it anyway (at your own risk).")
 
 
 def _test_hooks_mid_save(path):
@@ -127,6 +226,9 @@ def resolve_weights_path(path, what="weights"):
 
 def load_state(path, what="weights"):
     path = resolve_weights_path(path, what)
+    problem = verify_files(os.path.dirname(os.path.abspath(path)), [os.path.basename(path)])
+    if problem:
+        raise _damaged(f"The {what} file", path, problem)
     try:
         return paddle.load(path)
     except Exception as e:  # a truncated or foreign file
@@ -203,6 +305,9 @@ def _read_resumable(path):
     if missing:
         return None, (f"no {' and no '.join(missing)} (a copy of the weights alone, like best_model/, or a "
                       f"folder written incompletely)")
+    problem = verify_files(path)
+    if problem:
+        return None, problem
     out = {}
     for key, name in _RESUME_FILES.items():
         file = os.path.join(path, name)
@@ -236,6 +341,9 @@ def read_checkpoint(path):
     """Everything in a checkpoint folder (for resuming): dict with model, connectors, optimizer, state, ema."""
     if not os.path.isdir(path):
         raise _not_a_checkpoint_folder(path)
+    problem = verify_files(path)
+    if problem:
+        raise _damaged("Checkpoint", path, problem + " (--resume_model auto skips such folders)")
     out, problem = _read_resumable(path)
     if problem:
         raise ConfigError(f"Checkpoint {path} cannot be resumed: {problem}. Resume from another iter_N folder, "
@@ -256,6 +364,8 @@ def check_resumable(resume_model, model, save_dir=None):
         for _, path in reversed(iter_checkpoints(save_dir) if save_dir else []):
             if any(not os.path.isfile(os.path.join(path, _RESUME_FILES[k])) for k in _REQUIRED):
                 continue
+            if verify_files(path):
+                continue  # damaged: the trainer skips it and logs why
             try:
                 state = paddle.load(os.path.join(path, MODEL_FILE))
             except Exception:
@@ -273,6 +383,10 @@ def check_resumable(resume_model, model, save_dir=None):
                           f"another iter_N folder, pass --resume_model auto to take the newest complete one in "
                           f"--save_dir, or start a new run from these weights with --init_weights "
                           f"{os.path.join(path, MODEL_FILE)}. Nothing in --save_dir was changed.")
+    problem = verify_files(path)
+    if problem:
+        raise _damaged("Checkpoint", path, problem + " (--resume_model auto skips such folders); nothing in "
+                                                     "--save_dir was changed")
     try:
         with open(os.path.join(path, STATE_FILE), "rb") as f:
             train_state = pickle.load(f)

@@ -16,11 +16,22 @@ frozen models' outputs are stored, and its forward takes them instead of running
 Layout of a cache folder (numpy memmap shards: many readers, large arrays, no pickle per sample):
     meta.json                     the fingerprint (below) and each tensor's per-sample shape and dtype
     epoch_00000/valid.npy         one byte per sample: 1 once every tensor of that sample is written
+    epoch_00000/crc.npy           one zlib.crc32 per sample, of the bytes of all its rows (in layout order)
     epoch_00000/<tensor>.npy      (num_samples, *shape) rows; with top-k, <tensor>.values/.indices/.rest
     .lock                         a file lock for creating meta.json and epoch folders
 Each process writes the rows of the samples it sees (under paddle.distributed.launch every rank writes its
-own) and any process reads any row. A row is marked valid only after it is written and flushed, so an entry
-of a killed run is refilled, never read. Epoch folders are created whole under a temporary name and renamed.
+own) and any process reads any row. A row's checksum is written with it, and the row is marked valid only
+after both are flushed, so an entry of a killed run is refilled, never read. Epoch folders are created whole
+(their disk space reserved, so a full disk is an error at creation, not a crash while writing through the
+memory map) under a temporary name and renamed.
+
+Integrity (caches copied between nodes, disks that fill, storage that flips bits): when an epoch folder is
+opened, each shard's size is checked against the shape in its header; a truncated shard's missing rows are
+entries to refill. Every entry's checksum is checked when it is read; an entry that fails is treated as
+missing: the teacher recomputes and rewrites it (the log says so, and the run's closing line counts them).
+A shard whose header cannot be read stops the run naming it and `--teacher_cache_repair`, which (like
+`slim-cache verify DIR --repair`) scans the whole cache first and marks every damaged entry for refilling.
+`slim-cache verify DIR` reports damaged entries without changing anything (exit status 3 when it finds some).
 
 Validity: meta.json records a fingerprint of everything that determines the entries: the teacher's weights
 (file hash) and model config, the training data (config and sample files) and its seed, the batch layout,
@@ -34,11 +45,13 @@ the logit that gives the other classes, uniformly, the probability mass they had
 top-k soft labels with the rest spread evenly). Before filling, the size to write is estimated and a run
 refuses to start when the disk lacks the space.
 
-Test hook (environment variable, for the tests; never set it otherwise):
+Test hooks (environment variables, for the tests; never set them otherwise):
     SLIM_TEST_KILL_DURING_CACHE_WRITE=N   the process SIGKILLs itself at its N-th write, after writing the
                                           rows and before marking them valid, as a machine failing would
+    SLIM_TEST_ENOSPC=cache:N              the N-th epoch folder this process creates finds the disk full
 """
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -46,16 +59,20 @@ import os
 import re
 import shutil
 import signal
+import zlib
 from collections import OrderedDict
 
 import numpy as np
 
 from slim.distill.errors import ConfigError
+from .storage import free_bytes, human, writing
 
-VERSION = 1
+VERSION = 2  # 2: per-entry checksums (crc.npy)
 META = "meta.json"
 VALID = "valid"
+CRC = "crc"
 STORAGE_DTYPES = ("float16", "float32")
+REPAIR_FLAG = "--teacher_cache_repair"
 _CHUNK = 1 << 20
 
 
@@ -102,33 +119,83 @@ def _file_name(name):
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "tensor"
 
 
-def _human(nbytes):
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(nbytes) < 1024 or unit == "TB":
-            return f"{nbytes:.1f} {unit}" if unit != "B" else f"{int(nbytes)} B"
-        nbytes /= 1024.0
-    return f"{nbytes:.1f} TB"
+class DamagedShard(ConfigError):
+    """A shard whose .npy header cannot be read, or does not match the cache's layout."""
 
 
-def _free_bytes(folder):
-    fake = os.environ.get("SLIM_TEST_CACHE_FREE_BYTES")  # tests: a disk that is nearly full
-    return int(fake) if fake else shutil.disk_usage(folder).free
+def _row_shape(shape):
+    return tuple(int(d) for d in shape[1:])
+
+
+def shard_header(path, rows, dtype=None, row_shape=None):
+    """(offset of the data, dtype, rows expected, bytes expected, bytes on disk) of a .npy shard; DamagedShard
+    when its header cannot be read or differs from the layout (`rows`, and `dtype`/`row_shape` when given)."""
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version not in readers:
+                raise ValueError(f"npy format version {version}")
+            shape, fortran, found = readers[version](f)
+            offset = f.tell()
+    except (OSError, ValueError, SyntaxError) as e:
+        raise DamagedShard(f"{path}: its header cannot be read ({type(e).__name__}: {e})") from None
+    if (fortran or len(shape) < 1 or int(shape[0]) != int(rows) or (dtype is not None and found != np.dtype(dtype))
+            or (row_shape is not None and _row_shape(shape) != tuple(row_shape))):
+        raise DamagedShard(f"{path}: its header says {found} {list(shape)}, the cache's layout "
+                           f"{np.dtype(dtype) if dtype is not None else found} "
+                           f"{[int(rows)] + list(row_shape if row_shape is not None else _row_shape(shape))}")
+    expected = offset + int(np.prod(shape, dtype=np.int64)) * found.itemsize
+    return offset, found, shape, expected, os.path.getsize(path)
 
 
 class _Epoch:
-    """The memmaps of one epoch folder."""
+    """The memmaps of one epoch folder. `specs`: file -> (dtype, row shape) of every shard but valid and crc.
 
-    def __init__(self, folder, files):
+    Opening checks each shard against its header: a truncated shard (a copy cut short) is extended back to its
+    size and the samples whose rows were cut are marked missing (`truncated` lists what was found); a shard
+    whose header is damaged raises DamagedShard."""
+
+    def __init__(self, folder, specs, rows):
         self.folder = folder
+        self.truncated = []  # (file, bytes on disk, bytes expected, first sample cut)
+        intact = rows
+        shards = {VALID: (np.uint8, ()), CRC: (np.uint32, ())}
+        shards.update(specs)
+        for file, (dtype, row_shape) in shards.items():
+            path = os.path.join(folder, file + ".npy")
+            offset, found, shape, expected, actual = shard_header(path, rows, dtype, row_shape)
+            if actual < expected:
+                row_bytes = max(int(np.prod(shape[1:], dtype=np.int64)) * found.itemsize, 1)
+                first_cut = max(actual - offset, 0) // row_bytes
+                self.truncated.append((file, actual, expected, first_cut))
+                intact = min(intact, first_cut)
+                os.truncate(path, expected)  # back to full size: the cut rows read as zeros until refilled
         self.valid = np.load(os.path.join(folder, VALID + ".npy"), mmap_mode="r+")
-        self.arrays = {f: np.load(os.path.join(folder, f + ".npy"), mmap_mode="r+") for f in files}
+        self.crc = np.load(os.path.join(folder, CRC + ".npy"), mmap_mode="r+")
+        self.arrays = {f: np.load(os.path.join(folder, f + ".npy"), mmap_mode="r+") for f in specs}
+        if intact < rows and self.valid[intact:].any():
+            self.valid[intact:] = 0
+            self.valid.flush()
 
     def close(self):
-        for array in [self.valid] + list(self.arrays.values()):
+        for array in [self.valid, self.crc] + list(self.arrays.values()):
             mm = getattr(array, "_mmap", None)
             if mm is not None:
                 mm.close()
         self.arrays = {}
+
+
+def row_checksums(raw):
+    """One zlib.crc32 per sample over the bytes of its rows in every array of `raw` (a list, in layout order)."""
+    count = len(raw[0]) if raw else 0
+    out = np.zeros(count, dtype=np.uint32)
+    for k in range(count):
+        crc = 0
+        for array in raw:
+            crc = zlib.crc32(np.ascontiguousarray(array[k]).data, crc)
+        out[k] = crc
+    return out
 
 
 class TeacherCache:
@@ -152,7 +219,8 @@ class TeacherCache:
         self.num_samples = None
         self._epochs = {}
         self._writes = 0
-        self.read_samples = self.written_samples = 0
+        self.read_samples = self.written_samples = self.damaged_samples = 0
+        self.last_damage = None  # the epoch folder and samples of the last entries that failed their checksum
 
     # ----- opening, fingerprint -------------------------------------------------------------------
     @contextlib.contextmanager
@@ -256,8 +324,14 @@ class TeacherCache:
             meta = {"version": VERSION, "fingerprint": self.parts, "num_samples": self.num_samples,
                     "dtype": self.dtype, "tensors": [[n, t] for n, t in layout.items()]}
             tmp = os.path.join(self.root, f".{META}.tmp-{os.getpid()}")
-            with open(tmp, "w") as f:
-                json.dump(meta, f, indent=1)
+            try:
+                with writing(os.path.join(self.root, META), "the teacher cache's meta.json"):
+                    with open(tmp, "w") as f:
+                        json.dump(meta, f, indent=1)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
+                raise
             os.replace(tmp, os.path.join(self.root, META))
             self.layout = OrderedDict(layout)
 
@@ -270,7 +344,7 @@ class TeacherCache:
                 total += t["topk"] * (size + 4) + size
             else:
                 total += int(np.prod(t["shape"], dtype=np.int64)) * size
-        return total + 1
+        return total + 1 + 4  # the valid flag and the checksum
 
     def plan(self, visits):
         """Log the size this run may write and refuse when the disk lacks it. `visits`: {epoch: number of
@@ -283,35 +357,41 @@ class TeacherCache:
                 cached += min(int(ep.valid.sum()), count)
         total = sum(visits.values())
         needed = max(total - cached, 0) * per_sample
-        free = _free_bytes(self.root)
+        free = free_bytes(self.root)
         shapes = ", ".join(f"{n} {t['shape']}" + (f" top-{t['topk']}" if t["topk"] else "")
                            for n, t in self.layout.items())
-        self.log(f"teacher cache {self.root}: {shapes} per sample in {self.dtype}, {_human(per_sample)} each; this "
+        self.log(f"teacher cache {self.root}: {shapes} per sample in {self.dtype}, {human(per_sample)} each; this "
                  f"run reads {total} entries over {len(visits)} epoch(s), {cached} already cached: about "
-                 f"{_human(needed)} to write ({_human(free)} free)")
+                 f"{human(needed)} to write ({human(free)} free)")
         if needed > free:
             raise ConfigError(
-                f"The teacher cache would need about {_human(needed)} ({max(total - cached, 0)} entries of "
-                f"{_human(per_sample)}) but {self.root} has {_human(free)} free; nothing was written. Free some "
+                f"The teacher cache would need about {human(needed)} ({max(total - cached, 0)} entries of "
+                f"{human(per_sample)}) but {self.root} has {human(free)} free; nothing was written. Free some "
                 f"space, give --teacher_cache a folder on a larger disk, store less (--teacher_cache_dtype "
                 f"float16, --teacher_cache_topk K for classification logits), or train fewer epochs.")
         return needed
 
     # ----- entries -----------------------------------------------------------------------------------
-    def _files(self):
-        files = []
+    def shard_specs(self):
+        """file -> (dtype, per-sample shape) of each data shard, in layout order (the checksums' order)."""
+        specs = OrderedDict()
         for t in self.layout.values():
             if t["topk"]:
-                files += [t["file"] + ".values", t["file"] + ".indices", t["file"] + ".rest"]
+                specs[t["file"] + ".values"] = (np.dtype(self.dtype), (t["topk"],))
+                specs[t["file"] + ".indices"] = (np.dtype(np.int32), (t["topk"],))
+                specs[t["file"] + ".rest"] = (np.dtype(self.dtype), ())
             else:
-                files.append(t["file"])
-        return files
+                specs[t["file"]] = (np.dtype(self.dtype), tuple(t["shape"]))
+        return specs
+
+    def _epoch_folder(self, epoch):
+        return os.path.join(self.root, f"epoch_{int(epoch):05d}")
 
     def _epoch(self, epoch, create):
         epoch = int(epoch)
         if epoch in self._epochs:
             return self._epochs[epoch]
-        folder = os.path.join(self.root, f"epoch_{epoch:05d}")
+        folder = self._epoch_folder(epoch)
         if not os.path.isdir(folder):
             if not create:
                 return None
@@ -321,25 +401,45 @@ class TeacherCache:
         for old in list(self._epochs):  # one epoch at a time is open (batches move forward)
             if old != epoch and len(self._epochs) >= 2:
                 self._epochs.pop(old).close()
-        self._epochs[epoch] = _Epoch(folder, self._files())
-        return self._epochs[epoch]
+        try:
+            ep = _Epoch(folder, self.shard_specs(), self.num_samples)
+        except DamagedShard as e:
+            raise ConfigError(f"The teacher cache {self.root} has a damaged shard: {e}. Pass {REPAIR_FLAG} to "
+                              f"replace it (its entries are refilled by the teacher), or --teacher_cache_rebuild to "
+                              f"refill the whole cache.") from None
+        for file, actual, expected, first in ep.truncated:
+            self.log(f"teacher cache: {folder}/{file}.npy is truncated ({actual} of {expected} bytes): the entries "
+                     f"of samples {first} to {self.num_samples - 1} of epoch {epoch} are treated as missing and "
+                     f"refilled")
+        self._epochs[epoch] = ep
+        return ep
+
+    def open_epoch(self, epoch):
+        """The memmaps of an epoch folder (`valid`, `crc`, `arrays` by shard), or None when it does not exist."""
+        return self._epoch(epoch, create=False)
 
     def _make_epoch(self, folder):
+        """Create an epoch folder whole (every shard at full size, its disk space reserved), then rename it."""
         tmp = f"{folder}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
         n = self.num_samples
-        np.lib.format.open_memmap(os.path.join(tmp, VALID + ".npy"), mode="w+", dtype=np.uint8, shape=(n,)).flush()
-        for t in self.layout.values():
-            if t["topk"]:
-                k = t["topk"]
-                specs = [(".values", self.dtype, (n, k)), (".indices", np.int32, (n, k)), (".rest", self.dtype, (n,))]
-            else:
-                specs = [("", self.dtype, (n,) + tuple(t["shape"]))]
-            for suffix, dtype, shape in specs:
-                np.lib.format.open_memmap(os.path.join(tmp, t["file"] + suffix + ".npy"), mode="w+", dtype=dtype,
-                                          shape=shape).flush()
-        os.replace(tmp, folder)
+        shards = [(VALID, np.dtype(np.uint8), ()), (CRC, np.dtype(np.uint32), ())]
+        shards += [(file, dtype, shape) for file, (dtype, shape) in self.shard_specs().items()]
+        size = sum(n * int(np.prod(shape, dtype=np.int64)) * dtype.itemsize for _, dtype, shape in shards)
+        hint = (f"The partial folder was removed; entries already cached are kept. Free some space or give "
+                f"--teacher_cache a folder on a larger disk (or store less: --teacher_cache_dtype float16, "
+                f"--teacher_cache_topk K).")
+        try:
+            with writing(folder, f"the teacher cache's {os.path.basename(folder)} shards", size, hint, kind="cache"):
+                os.makedirs(tmp)
+                for file, dtype, shape in shards:
+                    path = os.path.join(tmp, file + ".npy")
+                    np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(n,) + tuple(shape)).flush()
+                    _reserve(path)
+            os.replace(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
     @staticmethod
     def _by_epoch(keys):
@@ -349,7 +449,8 @@ class TeacherCache:
         return groups
 
     def lookup(self, keys, count=True):
-        """name -> array (B, *shape) of the samples `keys` [(epoch, index)], or None when one is missing."""
+        """name -> array (B, *shape) of the samples `keys` [(epoch, index)], or None when one is missing or
+        fails its checksum (then marked missing, to be recomputed)."""
         if self.layout is None:
             return None
         groups = self._by_epoch(keys)
@@ -359,13 +460,22 @@ class TeacherCache:
             if ep is None or not ep.valid[[i for _, i in items]].all():
                 return None
             eps[epoch] = ep
-        out = OrderedDict()
-        for name, t in self.layout.items():
-            parts = []
-            for epoch, items in groups.items():
-                rows = np.array([i for _, i in items])
-                parts.append(self._read(eps[epoch], t, rows))
-            out[name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        files = list(self.shard_specs())
+        parts = OrderedDict((name, []) for name in self.layout)
+        for epoch, items in groups.items():
+            ep = eps[epoch]
+            rows = np.array([i for _, i in items])
+            raw = [np.asarray(ep.arrays[f][rows]) for f in files]
+            bad = rows[row_checksums(raw) != np.asarray(ep.crc[rows])]
+            if len(bad):
+                self._mark_damaged(epoch, ep, bad)
+                return None
+            at = 0
+            for name, t in self.layout.items():
+                width = 3 if t["topk"] else 1
+                parts[name].append(self._decode(t, raw[at:at + width]))
+                at += width
+        out = OrderedDict((n, p[0] if len(p) == 1 else np.concatenate(p)) for n, p in parts.items())
         if len(groups) > 1:  # rows in the batch's order
             order = np.argsort([pos for items in groups.values() for pos, _ in items])
             out = OrderedDict((n, a[order]) for n, a in out.items())
@@ -373,13 +483,21 @@ class TeacherCache:
             self.read_samples += len(keys)
         return out
 
-    def _read(self, ep, t, rows):
-        f = t["file"]
+    def _mark_damaged(self, epoch, ep, rows):
+        rows = sorted(set(int(r) for r in rows))
+        ep.valid[rows] = 0
+        ep.valid.flush()
+        self.damaged_samples += len(rows)
+        self.last_damage = f"{ep.folder} (epoch {epoch}, sample(s) {_few(rows)})"
+        self.log(f"teacher cache: {len(rows)} entr{'y' if len(rows) == 1 else 'ies'} of {self.last_damage} fail "
+                 f"their checksum (damaged on disk): treated as missing, the teacher recomputes and rewrites them")
+
+    @staticmethod
+    def _decode(t, raw):
         if not t["topk"]:
-            return np.asarray(ep.arrays[f][rows])
-        values = np.asarray(ep.arrays[f + ".values"][rows], dtype=np.float32)
-        indices = np.asarray(ep.arrays[f + ".indices"][rows], dtype=np.int64)
-        rest = np.asarray(ep.arrays[f + ".rest"][rows], dtype=np.float32)
+            return raw[0]
+        values, indices, rest = (np.asarray(raw[0], dtype=np.float32), np.asarray(raw[1], dtype=np.int64),
+                                 np.asarray(raw[2], dtype=np.float32))
         full = np.repeat(rest[:, None], t["shape"][0], axis=1)
         np.put_along_axis(full, indices, values, axis=1)
         return full
@@ -402,27 +520,31 @@ class TeacherCache:
                                   f"batches); train without --teacher_cache otherwise.")
 
     def store(self, keys, arrays):
-        """Write the rows of the samples `keys` (name -> array (B, ...)), then mark them valid."""
+        """Write the rows of the samples `keys` (name -> array (B, ...)) and their checksums, then mark them
+        valid."""
         self.check_batch(arrays, len(keys))
-        groups = self._by_epoch(keys)
-        for epoch, items in groups.items():
+        files = list(self.shard_specs())
+        for epoch, items in self._by_epoch(keys).items():
             ep = self._epoch(epoch, create=True)
             pos = np.array([p for p, _ in items])
             rows = np.array([i for _, i in items])
+            raw = []
             for name, t in self.layout.items():
-                self._write(ep, t, rows, np.asarray(arrays[name])[pos])
-            for array in ep.arrays.values():
+                raw += self._encode(t, np.asarray(arrays[name])[pos])
+            for file, data in zip(files, raw):
+                ep.arrays[file][rows] = data
+            ep.crc[rows] = row_checksums(raw)
+            for array in list(ep.arrays.values()) + [ep.crc]:
                 array.flush()
             self._test_kill()
             ep.valid[rows] = 1
             ep.valid.flush()
         self.written_samples += len(keys)
 
-    def _write(self, ep, t, rows, data):
-        f = t["file"]
+    def _encode(self, t, data):
+        """The stored arrays of one tensor's rows: [rows] in the storage dtype, or top-k [values, indices, rest]."""
         if not t["topk"]:
-            ep.arrays[f][rows] = data.astype(self.dtype)
-            return
+            return [data.astype(self.dtype)]
         k = t["topk"]
         data = data.astype(np.float32)
         indices = np.argpartition(-data, k - 1, axis=1)[:, :k]
@@ -432,9 +554,7 @@ class TeacherCache:
         top = others.max(axis=1, keepdims=True)
         rest = top[:, 0] + np.log(np.mean(np.exp(others - top), axis=1) * others.shape[1]
                                   / (others.shape[1] - k))
-        ep.arrays[f + ".values"][rows] = values.astype(self.dtype)
-        ep.arrays[f + ".indices"][rows] = indices.astype(np.int32)
-        ep.arrays[f + ".rest"][rows] = rest.astype(self.dtype)
+        return [values.astype(self.dtype), indices.astype(np.int32), rest.astype(self.dtype)]
 
     def _test_kill(self):
         kill_at = os.environ.get("SLIM_TEST_KILL_DURING_CACHE_WRITE")
@@ -442,23 +562,143 @@ class TeacherCache:
         if kill_at and int(kill_at) == self._writes:
             os.kill(os.getpid(), signal.SIGKILL)
 
+    def _epoch_numbers(self):
+        return sorted(int(n[6:]) for n in os.listdir(self.root) if re.fullmatch(r"epoch_\d+", n))
+
     def first_entry(self):
         """The tensors of one cached sample (a batch of 1), e.g. to size connectors; None when there is none."""
         if self.layout is None:
             return None
-        for name in sorted(os.listdir(self.root)):
-            if not re.fullmatch(r"epoch_\d+", name):
-                continue
-            ep = self._epoch(int(name[6:]), create=False)
+        for epoch in self._epoch_numbers():
+            ep = self._epoch(epoch, create=False)
             valid = np.flatnonzero(np.asarray(ep.valid))
             if len(valid):
-                return self.lookup([(int(name[6:]), int(valid[0]))], count=False)
+                return self.lookup([(epoch, int(valid[0]))], count=False)
         return None
+
+    # ----- verification of a whole cache (slim-cache verify, --teacher_cache_repair) ----------------
+    @classmethod
+    def at(cls, root, log=print):
+        """The cache in folder `root` as its meta.json describes it (no fingerprint: for verification)."""
+        cache = cls(root, {}, log=log)
+        meta = cache._read_meta()
+        if meta is None:
+            raise ConfigError(f"{root} is not a teacher cache: it has no {META} (give the folder passed as "
+                              f"--teacher_cache).")
+        try:
+            cache.layout = OrderedDict((n, t) for n, t in meta["tensors"])
+            cache.num_samples = int(meta["num_samples"])
+            cache.dtype = str(meta.get("dtype", "float16"))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(f"The teacher cache {root} has an unreadable {META} ({type(e).__name__}: {e}); pass "
+                              f"--teacher_cache_rebuild to refill it.") from None
+        return cache
+
+    def verify(self, repair=False, chunk=256):
+        """Check every entry of every epoch folder against its checksum. Returns a report {epochs, checked,
+        damaged: [(folder, [samples])], truncated: [(shard, bytes, expected)], unreadable: [(folder, why)]}.
+        Without `repair` nothing is changed. With it, damaged entries are marked missing, truncated shards
+        extended (their cut entries missing) and an epoch folder with an unreadable shard deleted, so that the
+        teacher refills all of them."""
+        report = {"epochs": 0, "checked": 0, "damaged": [], "truncated": [], "unreadable": []}
+        specs = self.shard_specs()
+        for epoch in self._epoch_numbers():
+            folder = self._epoch_folder(epoch)
+            report["epochs"] += 1
+            try:
+                shards, cut = self._read_only_shards(folder, specs, report)
+            except DamagedShard as e:
+                report["unreadable"].append((folder, str(e)))
+                if repair:
+                    self._epochs.pop(epoch, None)
+                    with self._locked():
+                        shutil.rmtree(folder, ignore_errors=True)
+                continue
+            valid = np.flatnonzero(shards[VALID][:cut[VALID]] == 1)
+            damaged = [int(i) for i in valid if any(i >= cut[f] for f in specs) or i >= cut[CRC]]
+            whole = np.array([i for i in valid if all(i < cut[f] for f in specs) and i < cut[CRC]], dtype=np.int64)
+            for start in range(0, len(whole), chunk):
+                rows = whole[start:start + chunk]
+                crc = row_checksums([np.asarray(shards[f][rows]) for f in specs])
+                damaged += [int(r) for r in rows[crc != np.asarray(shards[CRC][rows])]]
+            report["checked"] += len(valid)
+            if damaged:
+                report["damaged"].append((folder, sorted(damaged)))
+            del shards
+            if repair and (damaged or any(c < self.num_samples for c in cut.values())):
+                ep = self._epoch(epoch, create=False)  # extends truncated shards, marks their cut rows missing
+                if damaged:
+                    ep.valid[damaged] = 0
+                    ep.valid.flush()
+        return report
+
+    def _read_only_shards(self, folder, specs, report):
+        """({shard: read-only memmap of the rows on disk}, {shard: rows on disk}) of one epoch folder."""
+        shards, cut = {}, {}
+        every = OrderedDict([(VALID, (np.dtype(np.uint8), ())), (CRC, (np.dtype(np.uint32), ()))])
+        every.update(specs)
+        for file, (dtype, row_shape) in every.items():
+            path = os.path.join(folder, file + ".npy")
+            if not os.path.isfile(path):
+                raise DamagedShard(f"{path} is missing")
+            offset, found, shape, expected, actual = shard_header(path, self.num_samples, dtype, row_shape)
+            row_bytes = max(int(np.prod(row_shape, dtype=np.int64)) * found.itemsize, 1)
+            rows = min(self.num_samples, max(actual - offset, 0) // row_bytes)
+            if actual < expected:
+                report["truncated"].append((path, actual, expected))
+            cut[file] = rows
+            shards[file] = (np.memmap(path, dtype=found, mode="r", offset=offset, shape=(rows,) + tuple(row_shape))
+                            if rows else np.zeros((0,) + tuple(row_shape), dtype=found))
+        return shards, cut
+
+    def repair(self):
+        """--teacher_cache_repair: verify the whole cache, mark what is damaged for refilling, log it."""
+        report = self.verify(repair=True)
+        for line in describe_report(self.root, report, repaired=True):
+            self.log(line)
+        return report
 
     def close(self):
         for ep in self._epochs.values():
             ep.close()
         self._epochs = {}
+
+
+def _few(items, limit=8):
+    items = list(items)
+    return ", ".join(map(str, items[:limit])) + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
+
+
+def _reserve(path):
+    """Allocate a file's blocks now: writing through a memory map into a sparse file on a full disk kills the
+    process (SIGBUS); reserving them turns a full disk into an ENOSPC error here."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.path.getsize(path))
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+    finally:
+        os.close(fd)
+
+
+def describe_report(root, report, repaired=False):
+    """Lines for a verify() report: what was checked, and each damaged, truncated or unreadable part."""
+    damaged = sum(len(rows) for _, rows in report["damaged"])
+    action = "marked missing: the next run's teacher refills them" if repaired else \
+        "pass --repair here (or --teacher_cache_repair to the training command) to refill them"
+    lines = [f"teacher cache {root}: {report['epochs']} epoch folder(s), {report['checked']} cached entries checked, "
+             f"{damaged} damaged, {len(report['truncated'])} truncated shard(s), {len(report['unreadable'])} "
+             f"unreadable epoch folder(s)"]
+    for path, actual, expected in report["truncated"]:
+        lines.append(f"  truncated: {path} ({actual} of {expected} bytes)")
+    for folder, rows in report["damaged"]:
+        lines.append(f"  damaged entries in {folder}: sample(s) {_few(rows)}")
+    for folder, why in report["unreadable"]:
+        lines.append(f"  unreadable: {why}" + (f" ({folder} deleted, its entries to be refilled)" if repaired else ""))
+    if damaged or report["truncated"] or report["unreadable"]:
+        lines.append(f"  {action}")
+    return lines
 
 
 class TeacherSource:

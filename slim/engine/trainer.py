@@ -46,7 +46,7 @@ import paddle
 
 from slim.distill import Distiller
 from slim.distill.adaptor import unwrap
-from slim.distill.errors import ConfigError, NonFiniteLossError
+from slim.distill.errors import ConfigError, NonFiniteLossError, SlimError
 from slim.distill.precision import float32, float32_losses
 from . import env
 from .amp import MAX_SKIPPED_STEPS, Precision, as_dict, build_scaler, decorate_for_o2, train_step
@@ -57,6 +57,7 @@ from .checkpoint import (MODEL_FILE, apply_state, check_save_dir_usable, find_la
 from .data import BatchStream
 from .ema import ModelEMA, ema_settings
 from .hooks import CheckpointHook, EvalHook, LoggerHook, VisualDLHook
+from .storage import writing
 from .optim import build_lr_scheduler, build_optimizer
 from .teacher_cache import TeacherCache, TeacherSource, layer_parts, part
 
@@ -139,7 +140,7 @@ class TrainOptions:
                  eval_interval=None, use_vdl=False, num_workers=0, seed=None, resume_model=None,
                  lr_scale=1.0, log_file="record.txt", overwrite=False, analyse=False, precision="fp32",
                  amp_level="O1", data_seed=None, teacher_cache=None, teacher_cache_dtype="float16",
-                 teacher_cache_topk=None, teacher_cache_rebuild=False):
+                 teacher_cache_topk=None, teacher_cache_rebuild=False, teacher_cache_repair=False):
         self.save_dir, self.log_iters, self.save_interval = save_dir, log_iters, save_interval
         self.keep_checkpoint_max, self.do_eval, self.use_vdl = keep_checkpoint_max, do_eval, use_vdl
         self.eval_interval = save_interval if eval_interval is None else eval_interval
@@ -153,6 +154,7 @@ class TrainOptions:
         # a folder of teacher outputs (teacher_cache.py); dtype float16|float32, top-k logits, rebuild
         self.teacher_cache, self.teacher_cache_dtype = teacher_cache, teacher_cache_dtype or "float16"
         self.teacher_cache_topk, self.teacher_cache_rebuild = teacher_cache_topk, teacher_cache_rebuild
+        self.teacher_cache_repair = teacher_cache_repair  # check every entry first, mark damaged ones missing
 
 
 def check_save_dir_is_free(save_dir, resume_model, overwrite=False, log_file="record.txt"):
@@ -220,17 +222,29 @@ class Trainer:
         line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
         print(line, flush=True)
         if self._log_file is not None:
-            self._log_file.write(line + "\n")
-            self._log_file.flush()
+            log_file, self._log_file = self._log_file, None  # a full disk: no second attempt while stopping
+            with writing(log_file.name, "the training log", kind="log", hint=self._disk_hint()):
+                log_file.write(line + "\n")
+                log_file.flush()
+            self._log_file = log_file
+
+    def _disk_hint(self):
+        return (f"Checkpoints already in {self.save_dir} are kept. Free some space or give --save_dir on a larger "
+                f"disk, then continue with --resume_model auto.")
 
     def record_scalars(self, scalars, step):
         if not env.is_main_process():
             return
         if self.vdl_writer is not None:
-            for tag, value in scalars.items():
-                self.vdl_writer.add_scalar(tag, float(value), step)
-        with open(os.path.join(self.save_dir, "history.jsonl"), "a") as f:
-            f.write(json.dumps({"iter": step, **{k: float(v) for k, v in scalars.items()}}) + "\n")
+            vdl_dir = os.path.join(self.save_dir, "vdl")
+            with writing(vdl_dir, "the VisualDL log", kind="vdl", hint=self._disk_hint()):
+                for tag, value in scalars.items():
+                    self.vdl_writer.add_scalar(tag, float(value), step)
+                self.vdl_writer.flush()  # its writer thread swallows write errors; a flush here raises them
+        history = os.path.join(self.save_dir, "history.jsonl")
+        with writing(history, "the training history", kind="history", hint=self._disk_hint()):
+            with open(history, "a") as f:
+                f.write(json.dumps({"iter": step, **{k: float(v) for k, v in scalars.items()}}) + "\n")
 
     def current_lr(self):
         return float(self.optimizer.get_lr())
@@ -400,6 +414,9 @@ class Trainer:
             return None
         self.log(f"teacher cache {self.cache.root}: its fingerprint matches this run; cached entries are read "
                  f"and the teacher runs only for the others")
+        if getattr(opts, "teacher_cache_repair", False) and env.is_main_process():
+            self.cache.repair()  # damaged entries marked missing: this run's teacher refills them
+        env.barrier()
         if self.distiller is None or self.distiller.teacher_built or not self.distiller.needs_build:
             return None
         arrays = self.cache.first_entry()
@@ -443,7 +460,16 @@ class Trainer:
             if self.iter > self.start_iter or self.cache.read_samples:
                 self.log(f"teacher cache: entries missing from iteration {self.iter + 1}: building the teacher "
                          f"to compute and store them")
-            self.distiller.ensure_teacher()
+            try:
+                self.distiller.ensure_teacher()
+            except (SlimError, OSError) as e:
+                if self.cache.last_damage is None:
+                    raise
+                raise ConfigError(
+                    f"Damaged teacher-cache entries ({self.cache.last_damage}) must be recomputed by the teacher, "
+                    f"which cannot be built here ({e}). Refill the cache where the teacher's weights are "
+                    f"(--teacher_cache_rebuild), or copy it again and check the copy with `slim-cache verify "
+                    f"{self.cache.root}`.") from None
         feats = self.teacher_runner.teacher_features(*args, **kwargs)
         self.cache.store(keys, self._host_arrays(feats))
         # train on what was stored (float16, top-k), as every later run reading these entries will
@@ -633,8 +659,10 @@ class Trainer:
         if getattr(self, "stream", None) is not None:
             self.stream.close()
         if self.cache is not None:
+            damaged = self.cache.damaged_samples
             self.log(f"teacher cache {self.cache.root}: {self.cache.read_samples} sample(s) read, "
-                     f"{self.cache.written_samples} computed by the teacher and written")
+                     f"{self.cache.written_samples} computed by the teacher and written"
+                     + (f" ({damaged} of them had failed their checksum)" if damaged else ""))
             self.cache.close()
         if self._log_file is not None:
             self._log_file.close()

@@ -10,12 +10,14 @@ from slim.apps.launch import run_main
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPTS = {"distill_train": "slim/distill/distill_train.py", "train": "tools/train.py", "eval": "tools/eval.py",
            "predict": "tools/predict.py", "infer": "tools/infer.py", "export": "tools/export.py", "list_layers": "tools/list_layers.py",
-           "prepare_data": "tools/prepare_data.py", "prune_layers": "tools/prune_layers.py", "ptq": "tools/ptq.py"}
+           "prepare_data": "tools/prepare_data.py", "prune_layers": "tools/prune_layers.py", "ptq": "tools/ptq.py",
+           "cache": "tools/cache.py"}
 
 
 # the module each script runs (slim/apps/); in-process runs call its main() directly
 MODULES = {"distill_train": "distill", "train": "train", "eval": "evaluate", "predict": "predict", "infer": "infer", "export": "export",
-           "list_layers": "list_layers", "prepare_data": "prepare_data", "prune_layers": "prune_layers", "ptq": "ptq"}
+           "list_layers": "list_layers", "prepare_data": "prepare_data", "prune_layers": "prune_layers", "ptq": "ptq",
+           "cache": "cache"}
 
 
 def run_tool(name, *args):
