@@ -16,6 +16,10 @@ cache) is not counted; the first 2 steps of each run are dropped, the median of 
 median over repetitions (odd repetitions run the modes in another order, against drifts of the machine's
 speed, which on a shared 2-core machine reach 15% between identical runs). Teachers here are untrained (--allow_untrained_teacher): a step costs the same.
 
+Cost of the integrity checks (teacher_cache.py: every entry read is checked against its crc32): on each
+pair's filled cache, reading the entries of one cached step with `lookup` and, apart, computing their checksums
+over the same rows (median over all steps of an epoch, 20 passes), as a share of the cached step above.
+
 Result, cached vs uncached KD, 3 seeds (`--seeds`), on the demo pairs with trained teachers: the seg demo
 (LR-ASPP MobileNetV3-large -> small, best val mIoU as PaddleSeg reports it) and the cls demo (ConvNet,
 top-1 of the last checkpoint). Students use --seed s and --data_seed 0: one cache, filled by the first
@@ -91,6 +95,50 @@ def cost_runs(pair, cfg, out, reps, iters, data_opts):
                     raise RuntimeError(f"{log}: the {mode} run read {read} and computed {computed} samples")
         print(f"  {pair} rep {rep}: " + ", ".join(f"{m} {costs[m][-1]:.4f}s" for m in MODES), flush=True)
     return costs
+
+
+def check_costs(all_costs, out, iters, passes=20):
+    """{pair: (entries per step, lookup ms per step, checksum ms per step)} on each pair's rep0 cache."""
+    import time
+
+    import numpy as np
+
+    from slim.engine.teacher_cache import TeacherCache, row_checksums
+    found = {}
+    for pair in all_costs:
+        base = os.path.join(out, pair, "rep0")
+        read, _ = cache_counts(os.path.join(base, "cached.log"))
+        per_step = read // iters
+        cache = TeacherCache.at(os.path.join(base, "cache"), log=lambda *_: None)
+        ep = cache.open_epoch(0)
+        rows = np.flatnonzero(np.asarray(ep.valid))
+        batches = [rows[i:i + per_step] for i in range(0, len(rows) - per_step + 1, per_step)]
+        files = list(cache.shard_specs())
+        lookup, checks = [], []
+        for _ in range(passes):
+            for batch in batches:
+                t0 = time.perf_counter()
+                if cache.lookup([(0, int(i)) for i in batch], count=False) is None:
+                    raise RuntimeError(f"{base}/cache: an entry of epoch 0 fails its checksum")
+                t1 = time.perf_counter()
+                row_checksums([np.asarray(ep.arrays[f][batch]) for f in files])
+                t2 = time.perf_counter()
+                lookup.append(t1 - t0)
+                checks.append(t2 - t1)
+        cache.close()
+        found[pair] = (per_step, 1000 * statistics.median(lookup), 1000 * statistics.median(checks))
+    return found
+
+
+def print_check_costs(all_costs, found):
+    print("\n| pair | entries per step | reading them from the cache (ms, checks included) | their checksums alone "
+          "(ms) | cached step (s) | checksums / cached step |")
+    print("|---|---|---|---|---|---|")
+    for pair, (per_step, lookup_ms, check_ms) in found.items():
+        step = statistics.median(all_costs[pair]["cached"])
+        print(f"| {pair} | {per_step} | {lookup_ms:.3f} | {check_ms:.3f} | {step:.4f} | "
+              f"{100 * check_ms / 1000 / step:.3f}% |")
+    print("(median per step over every step of epoch 0, 20 passes)")
 
 
 def fmt(value):
@@ -215,6 +263,7 @@ def main():
             data_opts = ["-o", *cls_exp.data_opts(data_dir)] if pair == "cls" else []
             all_costs[pair] = cost_runs(pair, PAIRS[pair], out, args.reps, args.iters, data_opts)
         print_costs(all_costs)
+        print_check_costs(all_costs, check_costs(all_costs, out, args.iters))
     if not args.skip_metrics:
         print_metrics(metric_runs(out, args.seeds))
 
