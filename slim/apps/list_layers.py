@@ -70,7 +70,7 @@ def suggest(args, shape):
         s_task, s_cfg = load_task_config(args.config, args.opts)
         t_task, t_cfg = load_task_config(args.teacher_config, what="teacher config")
         pairs = suggest_pairs(s_task, s_cfg, t_task, t_cfg, input_shape=shape)
-        shape = shape or image_shape(s_task.example_inputs(s_cfg, None))
+        shape = shape or getattr(pairs, "input_shape", None) or image_shape(s_task.example_inputs(s_cfg, None))
     size = "x".join(map(str, shape)) if shape else "the task's example input"
     header = [f"Distillation pairs suggested by tools/list_layers.py --suggest (input {size})",
               f"student: {args.config}", f"teacher: {args.teacher_config}",

@@ -10,6 +10,9 @@ resolution (the stride of the output relative to the input) and pairs are propos
   single (N, C, H, W) map of a layer with weights (activations, normalisation, dropout, pooling, 1x1
   maps, class-score maps and layers run more than once are skipped; strides below 4, the stem, too).
   For a detector these are the head's output maps where the head predicts at that stride.
+  A transformer's (N, L, D) tokens count as a map of their patch grid (ViT: every block at the patch
+  size's stride; Swin: each stage's blocks, before its patch merging): the pair converts them with
+  `tokens_to_map` (slim/distill/tokens.py), so a ViT pairs with a CNN at the stride they share.
 
 Feature pairs get a feature loss (SegChannelwiseLoss for segmentation, L2Loss otherwise), a 1x1conv
 connector when the channels differ and `resize` when H, W differ.
@@ -28,6 +31,7 @@ from slim.distill.adaptor import select
 from slim.distill.errors import ConfigError, SlimError
 from slim.distill.layers import forward_with_hooks
 from slim.distill.pairs import parse_pairs
+from slim.distill.tokens import token_grid
 
 #: the smallest stride paired: stride-2 stems hold edge-like features with little to transfer
 MIN_STRIDE = 4
@@ -60,6 +64,14 @@ class SuggestedPair(dict):
         self.why = why
 
 
+class SuggestedPairs(list):
+    """The suggested pairs, with the (N, C, H, W) input both models ran on (`input_shape`)."""
+
+    def __init__(self, pairs, input_shape):
+        super().__init__(pairs)
+        self.input_shape = input_shape
+
+
 class _Model:
     """One forward of a model with every sublayer's output recorded (shapes, not tensors)."""
 
@@ -72,6 +84,7 @@ class _Model:
             raise ConfigError(f"The {role}'s example input has no (N, C, H, W) image tensor; strides cannot be "
                               f"measured.")
         self.input_shape = image_shape(inputs)
+        self.batch = self.input_shape[0]
         self.logits_ref = task.logits_ref(cfg)
         self.rows, self.output, self.ref_value = [], None, None
         order, handles = itertools.count(), []
@@ -152,7 +165,23 @@ def _fmt_stride(stride):
     return str(stride[0]) if stride[0] == stride[1] else f"{stride[0]}x{stride[1]}"
 
 
-def _skip_reason(row, input_hw, class_channels):
+def _map_shape(row, input_hw, batch):
+    """The (N, C, H, W) shape a row's output is compared as: its map, or the map of its (N, L, D) tokens on
+    their patch grid (row["tokens"] is then set); None for anything else."""
+    shape = row["shape"]
+    if shape is None:
+        return None
+    if len(shape) == 4:
+        return shape
+    if len(shape) == 3 and shape[0] == batch:
+        tokens = token_grid(shape[1], input_hw)
+        if tokens is not None:
+            row["tokens"] = tokens
+            return [shape[0], shape[2], *tokens["grid"]]
+    return None
+
+
+def _skip_reason(row, input_hw, class_channels, batch=None):
     """Why a recorded layer is no pair candidate (None when it is one)."""
     kind = row["type"]
     if row["calls"] == 0:
@@ -161,9 +190,9 @@ def _skip_reason(row, input_hw, class_channels):
         return "runs more than once per forward"
     if kind in _SKIP_TYPES or any(m in kind for m in _NORM_MARKERS) or row["params"] == 0:
         return "activation, normalisation, dropout, pooling or a layer without weights"
-    shape = row["shape"]
-    if shape is None or len(shape) != 4:
-        return "output is not one (N, C, H, W) tensor"
+    shape = _map_shape(row, input_hw, batch)
+    if shape is None:
+        return "output is not one (N, C, H, W) map or (N, L, D) tokens on a patch grid"
     if shape[2] == 1 and shape[3] == 1:
         return "1x1 (global) map"
     stride = (_stride(input_hw[0], shape[2]), _stride(input_hw[1], shape[3]))
@@ -218,13 +247,14 @@ def _stages(model, class_channels):
     stages, skipped = {}, {}
     blocks = _resampling_blocks(model.rows, model.input_hw)
     for row in model.rows:
-        reason = _skip_reason(row, model.input_hw, class_channels)
-        if reason is None and _inside_resampling_block(row, blocks, model.input_hw):
+        reason = _skip_reason(row, model.input_hw, class_channels, model.batch)
+        # (tokens are exempt: a Swin stage's blocks run before its patch merging, not inside a bottleneck)
+        if reason is None and not row.get("tokens") and _inside_resampling_block(row, blocks, model.input_hw):
             reason = "inside a block whose output has another resolution"
         if reason:
             skipped[reason] = skipped.get(reason, 0) + 1
             continue
-        shape = row["shape"]
+        row["map_shape"] = shape = _map_shape(row, model.input_hw, model.batch)
         stride = (_stride(model.input_hw[0], shape[2]), _stride(model.input_hw[1], shape[3]))
         last, count = stages.get(stride, (None, 0))
         if last is None or row["done"] > last["done"]:
@@ -255,6 +285,10 @@ def _logits_pair(task, s_cfg, student, teacher, log):
         log(f"logits: no pair: {where} of the {task.name} model is not one class-score tensor "
             f"(e.g. a detector's boxes or loss dict){instead}.")
         return None, None
+    if s_cfg.get("distill_token"):
+        log(f"logits: no pair: the student config's distill_token trains its distillation head on the teacher's "
+            f"logits ({_fmt(s_shape)}).")
+        return None, s_shape[1]
     if s_cfg.get("distill_loss"):
         terms = s_cfg["distill_loss"].get("types") if isinstance(s_cfg["distill_loss"], dict) else None
         types = [t.get("type") if isinstance(t, dict) else t for t in (terms or [])] or ["its terms"]
@@ -281,9 +315,49 @@ def _describe_stages(model, stages, skipped, log):
         f"in {len(stages)} stage(s)")
     for stride, (row, count) in stages.items():
         log(f"  stride {_fmt_stride(stride):>3}: {count:3d} candidate(s), last {row['name']} ({row['type']}, "
-            f"{_fmt(row['shape'])})")
+            f"{_fmt_row(row)})")
     if skipped:
         log("  skipped: " + "; ".join(f"{n} {reason}" for reason, n in sorted(skipped.items(), key=lambda x: -x[1])))
+
+
+def _fmt_row(row):
+    """A row's output shape; tokens with their patch grid."""
+    tokens = row.get("tokens")
+    if not tokens:
+        return _fmt(row["shape"])
+    lead = f"{tokens['skip']}+" if tokens["skip"] else ""
+    return f"{_fmt(row['shape'])} tokens: {lead}{tokens['grid'][0]}x{tokens['grid'][1]}"
+
+
+def _token_conversion(row):
+    """The `align.student` / `align.teacher` value that makes a token row's output a map (None for a map)."""
+    tokens = row.get("tokens")
+    if not tokens:
+        return None
+    h, w = tokens["grid"]
+    if h == w:
+        return "tokens_to_map"
+    return {"type": "tokens_to_map", "skip": tokens["skip"], "grid": [h, w]}
+
+
+def _models_on_one_input(s_task, s_cfg, t_task, t_cfg, input_shape, log):
+    """Both models run on an input of one size (strides are compared): the given one, else each config's example
+    when they agree, else the teacher's size for both (or the student's, when the student takes no other, e.g. a
+    ViT made for 28x28 images)."""
+    if input_shape is None:
+        s_shape = image_shape(s_task.example_inputs(s_cfg))
+        t_shape = image_shape(t_task.example_inputs(t_cfg))
+        if s_shape and t_shape and s_shape[2:] != t_shape[2:]:
+            for first, shape in (("teacher", t_shape), ("student", s_shape)):
+                try:
+                    student = _Model("student", s_task, s_cfg, s_shape[:2] + shape[2:])
+                    teacher = _Model("teacher", t_task, t_cfg, t_shape[:2] + shape[2:])
+                except ConfigError:
+                    continue
+                log(f"the student's and the teacher's example inputs differ ({_fmt(s_shape)} vs {_fmt(t_shape)}): "
+                    f"both models run at the {first}'s size {shape[2]}x{shape[3]}")
+                return student, teacher
+    return _Model("student", s_task, s_cfg, input_shape), _Model("teacher", t_task, t_cfg, input_shape)
 
 
 def _region(name):
@@ -299,8 +373,7 @@ def suggest_pairs(s_task, s_cfg, t_task, t_cfg, input_shape=None, log=_stderr):
                           f"both must be the same task.")
     # (the task's class-count check runs when training; it may need the dataset, a suggestion does not)
     t_cfg = s_task.prepare_teacher_config(s_cfg, t_cfg)
-    student = _Model("student", s_task, s_cfg, input_shape)
-    teacher = _Model("teacher", t_task, t_cfg, input_shape)
+    student, teacher = _models_on_one_input(s_task, s_cfg, t_task, t_cfg, input_shape, log)
 
     pairs = []
     logits, class_channels = _logits_pair(s_task, s_cfg, student, teacher, log)
@@ -322,16 +395,22 @@ def suggest_pairs(s_task, s_cfg, t_task, t_cfg, input_shape=None, log=_stderr):
         is_head = s_task.name == "det" and "head" in _region(s["name"]).lower()
         what = ("the detector's head output maps (its raw predictions: the logits of a detector)" if is_head
                 else "the last layer of the stage")
-        why = (f"stride {_fmt_stride(stride)}: {what}: student {s['name']} ({_fmt(s['shape'])}), teacher "
-               f"{t['name']} ({_fmt(t['shape'])}); {loss['type']}, weight {weight}")
+        why = (f"stride {_fmt_stride(stride)}: {what}: student {s['name']} ({_fmt_row(s)}), teacher "
+               f"{t['name']} ({_fmt_row(t)}); {loss['type']}, weight {weight}")
         pair = SuggestedPair(name=f"{abbr}_{_region(s['name'])}_s{_fmt_stride(stride)}", student=s["name"],
                              teacher=t["name"], loss=loss["type"] if len(loss) == 1 else dict(loss),
                              weight=weight, why=why)
         align = {}
-        if s["shape"][1] != t["shape"][1]:
+        for side, row in (("student", s), ("teacher", t)):
+            conversion = _token_conversion(row)
+            if conversion is not None:
+                align[side] = conversion
+                pair.why += f"; the {side}'s tokens as a map of their patch grid (tokens_to_map)"
+        s_shape, t_shape = s["map_shape"], t["map_shape"]
+        if s_shape[1] != t_shape[1]:
             align["type"] = "1x1conv"
-            pair.why += f"; channels differ ({s['shape'][1]} vs {t['shape'][1]}): a 1x1conv connector"
-        if s["shape"][2:] != t["shape"][2:]:
+            pair.why += f"; channels differ ({s_shape[1]} vs {t_shape[1]}): a 1x1conv connector"
+        if s_shape[2:] != t_shape[2:]:
             align.setdefault("type", "resize")
             align["resize"] = "student"
             pair.why += "; H, W differ: the student map is resized to the teacher's"
@@ -347,7 +426,7 @@ def suggest_pairs(s_task, s_cfg, t_task, t_cfg, input_shape=None, log=_stderr):
     log(f"{len(pairs)} pair(s):")
     for pair in pairs:
         log(f"  {pair['name']}: {pair.why}")
-    return pairs
+    return SuggestedPairs(pairs, student.input_shape)
 
 
 def render_pairs(pairs, header=()):

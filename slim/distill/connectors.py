@@ -4,6 +4,7 @@
     align: {type: 3x3conv, bn: true, in_channels: 128, out_channels: 512}
     align: {type: linear}                  # acts on the last axis, for (N, C) or (N, L, C) tensors
     align: {type: resize, resize: teacher} # no weights; resize the teacher map to the student's H, W
+    align: {teacher: tokens_to_map, type: 1x1conv}   # ViT tokens (N, L, D) as a map first (tokens.py)
 
 Convolutions act on axis 1 of (N, C, H, W) maps. When H, W still differ after the connector, the side
 named by `resize` (default: the student) is resized bilinearly to the other's size.
@@ -55,7 +56,8 @@ def connector_channels(kind, student, teacher, align, pair):
             raise ShapeMismatchError(
                 f"{pair.describe()}: a {kind} connector needs (N, C, H, W) maps, got student "
                 f"{list(student.shape)} and teacher {list(teacher.shape)}; use `align: {{type: linear}}` "
-                f"for (N, C) or (N, L, C) tensors.")
+                f"for (N, C) or (N, L, C) tensors, or turn transformer tokens into a map first with "
+                f"`align: {{student: tokens_to_map}}` / `{{teacher: tokens_to_map}}` (slim/distill/tokens.py).")
         in_c, out_c = student.shape[1], teacher.shape[1]
     return align.get("in_channels") or in_c, align.get("out_channels") or out_c
 

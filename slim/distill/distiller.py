@@ -33,6 +33,7 @@ from .errors import ConfigError, LayerNotFoundError, NonFiniteLossError, ShapeMi
 from .losses import build_loss
 from .pairs import AdaptorKey, parse_pairs, source_name
 from .precision import float32, float32_losses
+from .tokens import convert_pair, shape_hint
 
 
 class DistillOutput:
@@ -328,6 +329,8 @@ class Distiller:
     def _apply_connectors(self, s_feats, t_feats):
         todo = {}
         for index, pair in enumerate(self.pairs):
+            if pair.align:  # tokens <-> maps first (no weights; tokens.py): connectors see the converted tensors
+                s_feats[pair.name], t_feats[pair.name] = convert_pair(pair, s_feats[pair.name], t_feats[pair.name])
             if not pair.align or pair.align["type"] == "resize":
                 continue
             for j, (s, t) in enumerate(zip(s_feats[pair.name], t_feats[pair.name])):
@@ -364,8 +367,10 @@ class Distiller:
     def _check_shapes(pair, s, t):
         if list(s.shape) == list(t.shape):
             return
-        fixes = []
-        if s.ndim == t.ndim and s.ndim >= 2 and s.shape[1] != t.shape[1]:
+        fixes = [shape_hint(s, t)] if shape_hint(s, t) else []
+        if s.ndim == t.ndim and s.ndim == 3 and s.shape[1] == t.shape[1] and s.shape[2] != t.shape[2]:
+            fixes.append("add `align: {type: linear}` (a trainable projection of the token width)")
+        elif s.ndim == t.ndim and s.ndim >= 2 and s.shape[1] != t.shape[1] and s.ndim != 3:
             fixes.append("add `align: {type: 1x1conv}` (a trainable connector from student to teacher channels)"
                          if s.ndim == 4 else "add `align: {type: linear}` (a trainable projection)")
         if s.ndim == t.ndim == 4 and s.shape[2:] != t.shape[2:]:

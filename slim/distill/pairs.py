@@ -11,6 +11,7 @@ Three spellings are accepted and turned into the same `Pair` objects:
            args: {tau: 4}
            weight: 1.0
            align: {type: 1x1conv}            # connector when channels differ; resize: student|teacher
+                                             # student/teacher: tokens_to_map, map_to_tokens, ... (tokens.py)
 
 2. The PaddleSeg tutorial's `prepare_distill_config()` list, with keys resolved through the adaptors:
    `{'feature_type': 'hidden', 's_feature_idx': 0, 't_feature_idx': 0,
@@ -25,6 +26,7 @@ import yaml
 
 from .adaptor import LayerRef, split_mapping_key
 from .errors import ConfigError
+from .tokens import parse_conversion
 
 _YAML_PAIR_KEYS = {"name", "student", "teacher", "loss", "args", "weight", "align"}
 _TUTORIAL_KEYS = {"feature_type", "s_feature_idx", "t_feature_idx", "loss_function", "weight", "align",
@@ -93,10 +95,13 @@ def normalize_align(align, pair_name="?"):
         raise ConfigError(f"Pair {pair_name!r}: connectors map the student to the teacher; "
                           f"transpose_model={side!r} is not supported.")
     out.pop("weight_init", None)
-    unknown = set(out) - {"type", "in_channels", "out_channels", "bn", "resize"}
+    unknown = set(out) - {"type", "in_channels", "out_channels", "bn", "resize", "student", "teacher"}
     if unknown:
         raise ConfigError(f"Pair {pair_name!r}: unknown `align` key(s) {sorted(unknown)}; "
-                          f"use type, in_channels, out_channels, bn, resize.")
+                          f"use type, in_channels, out_channels, bn, resize, student, teacher.")
+    # tokens <-> maps on either side, before the connector (tokens.py)
+    out["student"] = parse_conversion(out.get("student"), pair_name, "student")
+    out["teacher"] = parse_conversion(out.get("teacher"), pair_name, "teacher")
     kind = str(out.get("type", "resize")).lower()
     if kind not in ALIGN_TYPES:
         raise ConfigError(f"Pair {pair_name!r}: align type {kind!r} is not one of {', '.join(ALIGN_TYPES)}.")
