@@ -181,3 +181,27 @@ def test_suggest_pairs_swin_stages_with_a_cnn_by_patch_grid_stride():
     assert [by_stride[s]["teacher"] for s in ("4", "8", "16")] == [f"layers.{i}.blocks.0" for i in range(3)]
     assert by_stride["4"]["align"] == {"teacher": "tokens_to_map", "type": "1x1conv"}
     assert by_stride["4"]["student"] == "layer1"  # resnet18's stride-4 stage (64 channels vs Swin's 16)
+
+
+def test_vit_teacher_to_cnn_student_trains_a_token_to_map_pair_from_the_command_line(tmp_path):
+    from slim.datasets import mnist
+    from tests.helpers.cli import run_tool
+    from tests.helpers.cls_fixtures import STUDENT_MODEL, base_config, write_yaml
+    data = str(tmp_path / "data")
+    mnist.prepare(data, per_class=4)
+    base = base_config(data, iters=3, batch_size=8)
+    vit = {"type": "ViT", "input_size": 28, "patch_size": 7, "embed_dim": 16, "depth": 1, "num_heads": 2,
+           "in_channels": 1, "num_classes": 10}
+    teacher_cfg = write_yaml(str(tmp_path / "vit.yml"), dict(base, model=vit))
+    pair = {"name": "tokens", "student": "backbone.features", "teacher": "backbone.blocks.0", "loss": "L2Loss",
+            "align": {"teacher": "tokens_to_map", "type": "1x1conv", "resize": "teacher"}}
+    student_cfg = write_yaml(str(tmp_path / "cnn.yml"), dict(base, model=STUDENT_MODEL, distill=[pair]))
+    assert run_tool("train", "--config", teacher_cfg, "--iters", 2, "--seed", 0, "--save_dir", tmp_path / "vit") == 0
+    out = tmp_path / "cnn"
+    assert run_tool("distill_train", "-t", teacher_cfg, "-c", student_cfg, "--teacher_pretrained",
+                    tmp_path / "vit" / "iter_2" / "model.pdparams", "--iters", 2, "--log_iters", 1, "--seed", 0,
+                    "--save_dir", out) == 0
+    log = open(out / "record.txt").read()
+    assert "distill pair 'tokens'" in log and "tokens:" in log
+    state = paddle.load(str(out / "iter_2" / "connectors.pdparams"))
+    assert list(state["layers.pair0_0.proj.weight"].shape) == [16, 4, 1, 1]  # 4 student channels -> width 16

@@ -24,6 +24,7 @@ import sys
 
 
 from slim.distill.errors import ConfigError
+from slim.distill.distill_token import distill_token_pairs
 from slim.distill.pairs import logit_pairs, parse_pairs
 from slim.quant import training as quant_training
 from . import launch
@@ -57,6 +58,7 @@ def distill_pairs(task, cfg, teacher_cfg=None, extra=(), notes=None, default=Non
     default pairs for this teacher, if any."""
     from slim.distill import distill_config
     pairs = logit_pairs(cfg.get("distill_loss"), task.logits_ref(cfg))
+    pairs += distill_token_pairs(cfg.get("distill_token"), task.logits_ref(cfg))  # DeiT's distillation head
     pairs += parse_pairs(cfg.get("distill") or [])
     pairs += parse_pairs(distill_config.prepare_distill_config() or [])
     pairs += parse_pairs(list(extra))

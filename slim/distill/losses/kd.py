@@ -1,4 +1,4 @@
-"""Losses on class distributions: KD (Hinton), soft-label cross-entropy, DML, DKD.
+"""Losses on class distributions: KD (Hinton), soft-label cross-entropy, DML, DKD, hard-label distillation (DeiT).
 
 All take logits with the class axis at `axis`: (N, C) for classification, (N, C, H, W) (or any rank)
 for dense prediction, where every position is one sample. The result is the mean over samples, or,
@@ -133,3 +133,28 @@ class DKDLoss(_SoftmaxLoss):
         nckd = (log_hat_t.exp() * (log_hat_t - log_hat_s) * (1.0 - target_mask)).sum(axis=-1)
         per_sample = self.alpha * tckd + self.beta * nckd
         return self.temperature ** 2 * masked_mean(per_sample, valid)
+
+
+@register_loss("hard_distillation")
+class HardDistillationLoss(nn.Layer):
+    """Hard-label distillation (DeiT, Touvron et al. ICML 2021): cross-entropy of the student's logits with the
+    teacher's predicted class, averaged over samples (or positions):
+
+        L = -log softmax(z_s)_k,  k = argmax z_t   (the first maximum on ties)
+
+    The target carries no gradient and no temperature. DeiT trains its distillation token this way.
+
+        - {student: head_dist, teacher: $output, loss: HardDistillationLoss}
+    """
+    uses_label = False
+    same_shape = True
+    pair_arity = 1
+
+    def __init__(self, axis=1):
+        super().__init__()
+        self.axis = int(axis)
+
+    def forward(self, student, teacher, label=None):
+        s, t = classes_last(student, self.axis), classes_last(teacher, self.axis)
+        target = F.one_hot(t.argmax(axis=-1), s.shape[-1]).astype(s.dtype)
+        return masked_mean(-(target * log_softmax(s, axis=-1)).sum(axis=-1))

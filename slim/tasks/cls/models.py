@@ -25,6 +25,7 @@ Types (`model.type`):
 | `MLP` | small fixed-size images | `hidden` (widths of Linear-BN-ReLU layers), `input_size` (28 or [w, h]), `in_channels` |
 | `SmallResNet` | 28-32 px images | `depth` (6n+2: 8, 14, 20, ...), `widths` (3 stages, default [16, 32, 64]), `embedding_dim`, `in_channels` (CIFAR-style ResNet) |
 | `ResNet18`, `ResNet34`, `ResNet50`, `MobileNetV2`, `MobileNetV3Small`, `MobileNetV3Large` | `paddle.vision.models` | `scale` (MobileNets), `small_input: true` (ResNets: 3x3 stride-1 stem, no max-pool, for 32 px), `embedding_dim` |
+| `ViT`, `DeiT` | PaddleClas's VisionTransformer / DistilledVisionTransformer (vit.py) | `input_size`, `patch_size`, `embed_dim`, `depth`, `num_heads`, `mlp_ratio`, `in_channels`; DeiT adds a distillation token and `head_dist` |
 
 All take `num_classes` (required) and `embedding_dim` (optional).
 """
@@ -34,6 +35,7 @@ import paddle
 import paddle.nn as nn
 
 from slim.distill.errors import ConfigError, build_registered
+from .vit import build_distilled_classifier, vit_backbone
 
 
 class Classifier(nn.Layer):
@@ -242,7 +244,10 @@ BACKBONES = {
     "MobileNetV2": _vision("mobilenet_v2"),
     "MobileNetV3Small": _vision("mobilenet_v3_small"),
     "MobileNetV3Large": _vision("mobilenet_v3_large"),
+    "ViT": vit_backbone,
 }
+#: model types that are not a Classifier (their own Layer): type -> function(model_cfg) -> model
+OTHER_MODELS = {"DeiT": build_distilled_classifier}
 
 #: model type -> (paddle.vision.models module, its model_urls key; {scale} filled from model.scale)
 _VISION_WEIGHTS = {
@@ -274,16 +279,20 @@ _MODEL_KEYS = ("type", "num_classes", "embedding_dim", "pretrained", "name")
 
 
 def is_cls_model(type_name):
-    return type_name in BACKBONES
+    return type_name in BACKBONES or type_name in OTHER_MODELS
 
 
 def build_classifier(model_cfg, projection=None):
     """A `Classifier` from the `model:` section; `projection` is the top-level `embedding_projection`
     (None/false: none; an int: that width; true: sized later from the teacher or from loaded weights)."""
     cfg = copy.deepcopy(dict(model_cfg or {}))
-    if cfg.get("type") in BACKBONES and cfg.get("num_classes") is None:
+    if is_cls_model(cfg.get("type")) and cfg.get("num_classes") is None:
         raise ConfigError(f"model.num_classes is missing: set it to the number of classes of the data "
                           f"(e.g. num_classes: 10 for MNIST).")
+    if cfg.get("type") in OTHER_MODELS:
+        if projection:
+            raise ConfigError(f"embedding_projection is available for Classifier models, not {cfg['type']}")
+        return OTHER_MODELS[cfg["type"]](cfg)
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k not in _MODEL_KEYS}
     backbone, feat_dim = build_registered(BACKBONES, cfg.get("type"), kwargs, "classification model type")
     if isinstance(projection, bool) or projection is None:

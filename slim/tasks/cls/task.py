@@ -13,6 +13,8 @@
     distill_loss: {types: [{type: KLLoss, temperature: 4}], coef: [0.5]}
     head_from_teacher: true                     # the student's classifier is the teacher's, frozen
     embedding_projection: true                  # a Linear to the teacher's embedding width, part of the student
+    distill_token: hard                         # a DeiT student (model.type DeiT): its distillation head learns
+                                                # the teacher (slim/distill/distill_token.py), its class head the labels
 
 Evaluation prints top-1, top-5 and recall@1 of cosine feature matching (metrics.py) and keeps the
 embeddings, labels and gallery mask of the last evaluation for `save_eval_outputs` (.npy files).
@@ -26,15 +28,16 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from slim.distill.adaptor import unwrap
+from slim.distill.adaptor import MODEL_OUTPUT, LayerRef, unwrap
 from slim.distill.config import register_config_keys
 from slim.distill.errors import ConfigError, build_registered
 from slim.tasks.base import TaskBase
 from . import data as cls_data
 from .metrics import classification_metrics, eval_line, gallery_mask
 from .models import Classifier, adapt_to_state, build_classifier, vision_weights_url
+from .vit import VIT_TYPES, output_logits
 
-CONFIG_KEYS = ("head_from_teacher", "embedding_projection")
+CONFIG_KEYS = ("head_from_teacher", "embedding_projection", "distill_token")
 register_config_keys(*CONFIG_KEYS)
 
 EVAL_BATCH = 256
@@ -60,9 +63,11 @@ LOSSES = {"CrossEntropyLoss": CrossEntropyLoss, "CELoss": CrossEntropyLoss}
 
 
 class ClsLoss:
-    """`loss: {types: [{type: CrossEntropyLoss}], coef: [1]}` on the logits."""
+    """`loss: {types: [{type: CrossEntropyLoss}], coef: [1]}` on the logits (a DeiT model's training output: the
+    average of its two heads, or its class head alone with `class_head_only`: `distill_token` trains the other)."""
 
-    def __init__(self, loss_cfg):
+    def __init__(self, loss_cfg, class_head_only=False):
+        self.class_head_only = bool(class_head_only)
         loss_cfg = loss_cfg or {"types": [{"type": "CrossEntropyLoss"}], "coef": [1.0]}
         if "types" not in loss_cfg:
             raise ConfigError("`loss` must look like {types: [{type: CrossEntropyLoss}], coef: [1]}")
@@ -78,6 +83,7 @@ class ClsLoss:
             self.names.append(name if name not in self.names else f"{name}_{len(self.names)}")
 
     def __call__(self, logits, batch):
+        logits = output_logits(logits, self.class_head_only)
         if isinstance(logits, (list, tuple)):
             logits = logits[0]
         return OrderedDict((n, c * loss(logits, batch["label"]))
@@ -102,7 +108,10 @@ def _raise_deferred(batch):
 
 
 def _fixed_input_hw(model_cfg):
-    """(H, W) of models that take one input size only (MLP), else None."""
+    """(H, W) of models that take one input size only (MLP, ViT, DeiT), else None."""
+    if model_cfg.get("type") in VIT_TYPES:
+        size = int(model_cfg.get("input_size", 28))
+        return size, size
     if model_cfg.get("type") != "MLP":
         return None
     size = model_cfg.get("input_size", 28)
@@ -111,7 +120,9 @@ def _fixed_input_hw(model_cfg):
 
 
 def logits_and_embedding(model, x):
-    """(logits, embedding) of a Classifier; any other model's output stands for both."""
+    """(logits, embedding) of a Classifier or a DeiT model; any other model's output stands for both."""
+    if hasattr(model, "logits_and_embedding"):
+        return model.logits_and_embedding(x)
     if isinstance(model, Classifier):
         embedding = model.embed(x)
         return model.head(embedding), embedding
@@ -260,7 +271,13 @@ class Task(TaskBase):
 
     # ----- loss and evaluation --------------------------------------------------------------------
     def build_task_loss(self, cfg):
-        return ClsLoss(cfg.get("loss"))
+        return ClsLoss(cfg.get("loss"), class_head_only=bool(cfg.get("distill_token")))
+
+    def logits_ref(self, cfg):
+        """The model output; a DeiT model's training output is (class head, distillation head): its class head."""
+        if (cfg.get("model") or {}).get("type") == "DeiT":
+            return LayerRef(MODEL_OUTPUT, idx=0)
+        return LayerRef(MODEL_OUTPUT)
 
     def forward_dataset(self, model, dataset, batch_size=EVAL_BATCH):
         """(logits, embeddings, labels) as numpy arrays over the whole dataset, in order."""
