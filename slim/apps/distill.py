@@ -52,21 +52,27 @@ def add_slim_config_flag(parser):
                              "pretrain_weights (the teacher's weights), slim: Distill, slim_method, distill_loss")
 
 
-def distill_pairs(task, cfg, teacher_cfg=None, extra=(), notes=None, default=None):
+def distill_pairs(task, cfg, teacher_cfg=None, extra=(), notes=None, default=None, origins=None):
     """Logit terms (`distill_loss`), yaml pairs (`distill:`), the tutorial's distill_config.py pairs and
-    `extra` (a slim config's); with none of them, `default()` -> (pairs, why) when given, else the task's
-    default pairs for this teacher, if any."""
+    `extra` (a slim config's, whose weights are set where `origins` says: pair name -> text); with none of them,
+    `default()` -> (pairs, why) when given, else the task's default pairs for this teacher, if any."""
     from slim.distill import distill_config
     pairs = logit_pairs(cfg.get("distill_loss"), task.logits_ref(cfg))
     pairs += distill_token_pairs(cfg.get("distill_token"), task.logits_ref(cfg))  # DeiT's distillation head
     pairs += parse_pairs(cfg.get("distill") or [])
     pairs += parse_pairs(distill_config.prepare_distill_config() or [])
-    pairs += parse_pairs(list(extra))
+    slim_pairs = parse_pairs(list(extra))
+    for pair in slim_pairs:
+        pair.origin = (origins or {}).get(pair.name, pair.origin)
+    pairs += slim_pairs
     if not pairs and (teacher_cfg is not None or default is not None):
         chosen, why = default() if default is not None else task.default_pairs(cfg, teacher_cfg)
         pairs = parse_pairs(chosen or [])
         if pairs and why and notes is not None:
             notes.append(why)
+        for pair in pairs:
+            pair.origin = ("the task's default pairs: write them as a `distill:` list in the student config to set "
+                           "each weight")
     names = [p.name for p in pairs]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
@@ -78,10 +84,13 @@ def distill_pairs(task, cfg, teacher_cfg=None, extra=(), notes=None, default=Non
     return pairs, distill_config.prepare_distill_adaptor()
 
 
-def teacher_from_slim_config(task, cfg, path, notes):
-    """(student config, teacher config, teacher weights, extra pairs) from a task's `--slim_config`."""
+def teacher_from_slim_config(task, cfg, path, notes, origins=None):
+    """(student config, teacher config, teacher weights, extra pairs) from a task's `--slim_config`; `origins`
+    (a dict) receives where each pair's weight is set."""
     slim = task.slim_config(cfg, path)
     notes.extend(slim.notes)
+    if origins is not None:
+        origins.update(getattr(slim, "origins", {}))
     return slim.student_cfg, slim.teacher_cfg, slim.weights, slim.pairs
 
 
@@ -89,7 +98,7 @@ def run(args, task, cfg, allow_untrained=False, notes=None):
     """Distil with the parsed flags: the teacher from -t, from --slim_config, or the student itself
     (`--teacher self`)."""
     notes = [] if notes is None else notes
-    extra, weights, key = [], getattr(args, "teacher_pretrained", None), None
+    extra, weights, key, origins = [], getattr(args, "teacher_pretrained", None), None, {}
     self_teacher = quant_training.self_teacher_wanted(args, cfg)
     if self_teacher:
         given = [f for f, v in (("-t/--teacher_config", getattr(args, "teacher_config", None)),
@@ -102,7 +111,7 @@ def run(args, task, cfg, allow_untrained=False, notes=None):
         if getattr(args, "teacher_config", None):
             raise ConfigError("Give the teacher either with --slim_config (PaddleDetection's form) or with "
                               "-t/--teacher_config, not both.")
-        cfg, teacher_cfg, slim_weights, extra = teacher_from_slim_config(task, cfg, args.slim_config, notes)
+        cfg, teacher_cfg, slim_weights, extra = teacher_from_slim_config(task, cfg, args.slim_config, notes, origins)
         if not weights:
             weights, key = slim_weights, "pretrain_weights (of --slim_config)"
     else:
@@ -116,7 +125,7 @@ def run(args, task, cfg, allow_untrained=False, notes=None):
     teacher_cfg = task.prepare_teacher_config(cfg, teacher_cfg)
     task.check_teacher_compatible(cfg, teacher_cfg)
     default = (lambda: quant_training.self_default_pairs(task, cfg)) if self_teacher else None
-    pairs, adaptors = distill_pairs(task, cfg, teacher_cfg, extra, notes, default=default)
+    pairs, adaptors = distill_pairs(task, cfg, teacher_cfg, extra, notes, default=default, origins=origins)
     save_dir = args.save_dir or launch.run_folder_name(task, cfg, teacher_cfg, pairs)
     if self_teacher:  # the fp32 student is copied, then quantised (a teacher cache stores the copy's tensors)
         quant_training.check_self_start(task, cfg, args.init_weights)

@@ -22,6 +22,11 @@ source, before connectors); `distiller(*inputs, teacher_features=those)` then sk
 A loss with trainable parameters of its own (e.g. MGD's generator) trains with the student, like a
 connector: its parameters are in `parameters()` / `named_extra_parameters()` (`loss_layers.<pair>.<name>`)
 and its state is saved and restored with the connectors' (`connector_state_dict()`).
+
+Weights that change over training (a pair's `weight_schedule`, weight_schedule.py): `set_step(iteration, epoch,
+total_iters, total_epochs)` before a step sets each pair's weight for it (the trainer's LossWeightHook calls it);
+`current_weights()` gives them. A term whose weight is 0 is not computed, and while every weight is 0 the teacher
+does not run (`teacher_needed` is False): the step is the student's alone.
 """
 from collections import OrderedDict
 
@@ -144,6 +149,8 @@ class Distiller:
         self.teacher = freeze_teacher(teacher) if teacher is not None else None
         self._teacher_factory, self._teacher_adaptor = teacher_factory, TeacherAdaptor
         self.pairs = parse_pairs(distill_config)
+        # the weight of each pair at the current step (set_step); the configured weight until a step is set
+        self._weights = OrderedDict((p.name, p.weight) for p in self.pairs)
         # each pair's teacher tensors by name (computed once: the step only looks them up)
         self._teacher_names = {p.name: [source_name(s) for s in p.teacher] for p in self.pairs}
         self.loss_fns = [build_loss(p.loss) for p in self.pairs]
@@ -178,6 +185,34 @@ class Distiller:
         if not self._needs_build:
             self._wrap_connectors_for_data_parallel()
         self.check_finite = check_finite
+
+    # ----- weights over training (weight_schedule.py) ----------------------------------------------------
+    @property
+    def has_schedules(self):
+        return any(p.schedule is not None for p in self.pairs)
+
+    def set_step(self, iteration, epoch=0, total_iters=None, total_epochs=None):
+        """Set each pair's weight for the step after `iteration` iterations (in epoch `epoch`); None: the
+        configured weights again."""
+        for pair in self.pairs:
+            factor = 1.0
+            if iteration is not None and pair.schedule is not None:
+                factor = pair.schedule.factor(iteration, epoch, total_iters, total_epochs)
+            self._weights[pair.name] = pair.weight * factor
+
+    def schedules(self):
+        """OrderedDict pair name -> its WeightSchedule, for the scheduled pairs."""
+        return OrderedDict((p.name, p.schedule) for p in self.pairs if p.schedule is not None)
+
+    def current_weights(self, scheduled_only=False):
+        """OrderedDict pair name -> its weight at the current step (only the scheduled pairs' when asked)."""
+        return OrderedDict((p.name, self._weights[p.name]) for p in self.pairs
+                           if not scheduled_only or p.schedule is not None)
+
+    @property
+    def teacher_needed(self):
+        """False while every pair's weight is 0 (a schedule stopped distillation): the teacher is not run."""
+        return not self.pairs or any(w != 0 for w in self._weights.values())
 
     def _make_teacher_side(self):
         self._teacher = _Side("teacher", self.teacher, self._teacher_adaptor,
@@ -298,6 +333,9 @@ class Distiller:
     def __call__(self, *inputs, label=None, teacher_inputs=None, teacher_features=None, _check=True, **kwargs):
         student_out = self._student.forward(inputs, kwargs)
         teacher_out = None
+        if not self.teacher_needed and not self._needs_build:  # every weight is 0: the student alone
+            zeros = OrderedDict((p.name, paddle.zeros([], dtype="float32")) for p in self.pairs)
+            return DistillOutput(student_out, None, zeros, paddle.zeros([], dtype="float32"), {}, {})
         if teacher_features is None:
             teacher_features = self.teacher_features(*(inputs if teacher_inputs is None else teacher_inputs),
                                                      **kwargs)
@@ -312,6 +350,10 @@ class Distiller:
         losses = OrderedDict()
         with float32_losses():  # under autocast: losses in fp32 (a float16 softmax overflows)
             for pair, loss_fn in zip(self.pairs, self.loss_fns):
+                weight = self._weights[pair.name]
+                if weight == 0:  # scheduled off for this step: not computed
+                    losses[pair.name] = paddle.zeros([], dtype="float32")
+                    continue
                 s, t = self._align_spatial(pair, loss_fn, s_feats[pair.name], t_feats[pair.name])
                 # where features reach the losses: float16/bfloat16 tensors become float32 (no-op in fp32)
                 s, t = float32(s), float32(t)
@@ -319,7 +361,7 @@ class Distiller:
                 if getattr(loss_fn, "pair_arity", 1) == 1:
                     s, t = s[0], t[0]
                 extra = {"label": label} if getattr(loss_fn, "uses_label", False) else {}
-                losses[pair.name] = pair.weight * self._loss_runners.get(id(loss_fn), loss_fn)(s, t, **extra)
+                losses[pair.name] = weight * self._loss_runners.get(id(loss_fn), loss_fn)(s, t, **extra)
             total = paddle.add_n(list(losses.values())) if losses else paddle.zeros([])
         out = DistillOutput(student_out, teacher_out, losses, total, s_feats, t_feats)
         if _check and self.check_finite and losses and not bool(paddle.isfinite(total)):

@@ -12,6 +12,7 @@ Three spellings are accepted and turned into the same `Pair` objects:
            weight: 1.0
            align: {type: 1x1conv}            # connector when channels differ; resize: student|teacher
                                              # student/teacher: tokens_to_map, map_to_tokens, ... (tokens.py)
+           weight_schedule: {type: linear, from: 0, to: 1, end: 500}   # optional (weight_schedule.py)
 
 2. The PaddleSeg tutorial's `prepare_distill_config()` list, with keys resolved through the adaptors:
    `{'feature_type': 'hidden', 's_feature_idx': 0, 't_feature_idx': 0,
@@ -27,10 +28,11 @@ import yaml
 from .adaptor import LayerRef, split_mapping_key
 from .errors import ConfigError
 from .tokens import parse_conversion
+from .weight_schedule import build_schedule
 
-_YAML_PAIR_KEYS = {"name", "student", "teacher", "loss", "args", "weight", "align"}
+_YAML_PAIR_KEYS = {"name", "student", "teacher", "loss", "args", "weight", "align", "weight_schedule"}
 _TUTORIAL_KEYS = {"feature_type", "s_feature_idx", "t_feature_idx", "loss_function", "weight", "align",
-                  "name"}
+                  "name", "weight_schedule"}
 ALIGN_TYPES = ("1x1conv", "3x3conv", "1x1conv+bn", "3x3conv+bn", "linear", "linear+bn", "resize")
 
 
@@ -49,15 +51,19 @@ class AdaptorKey:
 
 
 class Pair:
-    """One distillation term: `weight * loss(student_sources, teacher_sources)`."""
+    """One distillation term: `weight * loss(student_sources, teacher_sources)`; with a `schedule`
+    (weight_schedule.py) the weight of a step is `weight x schedule.factor(...)`. `origin` says where the
+    weight is configured (e.g. `distill.0.weight`), for messages that suggest another value."""
 
-    def __init__(self, name, student, teacher, loss, weight=1.0, align=None):
+    def __init__(self, name, student, teacher, loss, weight=1.0, align=None, schedule=None, origin=None):
         self.name = name
         self.student = tuple(student)
         self.teacher = tuple(teacher)
         self.loss = loss
         self.weight = float(weight)
         self.align = normalize_align(align, name)
+        self.schedule = build_schedule(schedule, f"pair {name!r}")
+        self.origin = origin
 
     def describe(self):
         s = ", ".join(_describe(x) for x in self.student)
@@ -177,7 +183,7 @@ def _yaml_pairs(entries, taken):
         name = _unique(str(entry.get("name") or default), taken)
         pairs.append(Pair(name, _sources(entry["student"], name, "student"),
                           _sources(entry["teacher"], name, "teacher"), loss, entry.get("weight", 1.0),
-                          entry.get("align")))
+                          entry.get("align"), entry.get("weight_schedule"), origin=f"distill.{i}.weight"))
     return pairs
 
 
@@ -204,7 +210,9 @@ def _tutorial_pairs(entries, taken):
         s_keys = [AdaptorKey(f"{ftype}_{j}") for j in s_idx]
         t_keys = [AdaptorKey(f"{ftype}_{j}") for j in t_idx]
         name = _unique(str(entry.get("name") or f"{loss['type']}:{ftype}_{'_'.join(map(str, s_idx))}"), taken)
-        pairs.append(Pair(name, s_keys, t_keys, loss, entry.get("weight", 1.0), entry.get("align")))
+        pairs.append(Pair(name, s_keys, t_keys, loss, entry.get("weight", 1.0), entry.get("align"),
+                          entry.get("weight_schedule"),
+                          origin=f"'weight' of entry {i} of prepare_distill_config() (distill_config.py)"))
     return pairs
 
 
@@ -274,6 +282,7 @@ def _paddleslim_pairs(entries, taken):
         if not layers:
             raise ConfigError(f"{where}: no `layers` given (a list of {{layers_name: [student, teacher]}})")
         weight = cfg.pop("weight", 1.0)
+        schedule = cfg.pop("weight_schedule", None)
         align = cfg.pop("align_params", None)
         loss = _paddleslim_loss(cfg, where)
         if cfg:
@@ -287,7 +296,8 @@ def _paddleslim_pairs(entries, taken):
             student = LayerRef(names[0], io[0], idx[0])
             teacher = LayerRef(names[1], io[1], idx[1])
             name = _unique(f"{loss['type']}:{names[0]}", taken)
-            pairs.append(Pair(name, [student], [teacher], dict(loss), weight, align))
+            pairs.append(Pair(name, [student], [teacher], dict(loss), weight, align, schedule,
+                              origin=f"weight of DistillConfig #{i}"))
     return pairs
 
 
@@ -330,19 +340,23 @@ def parse_pairs(config):
 
 
 def logit_pairs(distill_loss, logits_ref):
-    """PaddleSeg's `distill_loss: {types: [{type: KLLoss, ...}], coef: [3]}` as pairs on the logits."""
+    """PaddleSeg's `distill_loss: {types: [{type: KLLoss, ...}], coef: [3]}` as pairs on the logits. A type's
+    `weight_schedule` (or one beside `types`, for every type) schedules its coef (weight_schedule.py)."""
     if not distill_loss:
         return []
     if not isinstance(distill_loss, dict) or "types" not in distill_loss:
         raise ConfigError(f"`distill_loss` must look like {{types: [{{type: KLLoss}}], coef: [3]}}, got "
                           f"{distill_loss!r}")
+    check_keys(distill_loss, {"types", "coef", "weight_schedule"}, "distill_loss")
     types = list(distill_loss["types"])
     coef = list(distill_loss.get("coef", [1.0] * len(types)))
     if len(coef) != len(types):
         raise ConfigError(f"distill_loss: {len(types)} types but {len(coef)} coef values; give one coef per type.")
     taken, pairs = set(), []
-    for loss, weight in zip(types, coef):
+    for i, (loss, weight) in enumerate(zip(types, coef)):
         cfg = _loss_cfg(loss, None, "distill_loss")
+        schedule = cfg.pop("weight_schedule", distill_loss.get("weight_schedule"))
         name = _unique(f"distill_{cfg['type']}", taken)
-        pairs.append(Pair(name, [logits_ref], [logits_ref], cfg, weight))
+        pairs.append(Pair(name, [logits_ref], [logits_ref], cfg, weight, schedule=schedule,
+                          origin=f"distill_loss.coef.{i}"))
     return pairs

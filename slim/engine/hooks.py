@@ -9,7 +9,9 @@ The trainer calls before_train, before_step, after_step and after_train on each 
 `trainer.iter` is the number of iterations done (1 after the first step).
 """
 import datetime
+import math
 import os
+from collections import OrderedDict
 
 from . import env
 from .checkpoint import prune_checkpoints
@@ -65,15 +67,59 @@ class LoggerHook(Hook):
         ips = self.samples * env.world_size() / max(self.batch_cost, 1e-9)
         eta = format_eta((trainer.max_iters - trainer.iter) * batch_cost)
         terms = ", ".join(f"{k}: {v:.5f}" for k, v in means.items() if k != "loss")
+        weights = scheduled_weights(trainer)  # of the last step, for terms with a weight_schedule
+        if weights:
+            terms += ", weights: " + ", ".join(f"{k} {v:.4g}" for k, v in weights.items())
         trainer.log(f"[TRAIN] epoch: {trainer.epoch + 1}, iter: {trainer.iter}/{trainer.max_iters}, "
                     f"loss: {means.get('loss', 0.0):.5f}" + (f" ({terms})" if terms else "")
                     + f", lr: {trainer.current_lr():.6f}, batch_cost: {batch_cost:.4f}, "
                     f"reader_cost: {self.reader_cost / n:.5f}, ips: {ips:.4f} samples/sec | ETA {eta}"
                     + (f" | {skipped} step(s) skipped by the fp16 loss scaler" if skipped > 0 else ""))
         trainer.record_scalars({f"Train/{k}": v for k, v in means.items()}, trainer.iter)
+        if weights:
+            trainer.record_scalars({f"Train/weight/{k}": v for k, v in weights.items()}, trainer.iter)
         trainer.record_scalars({"Train/lr": trainer.current_lr(), "Train/batch_cost": batch_cost,
                                 "Train/reader_cost": self.reader_cost / n}, trainer.iter)
         self._reset()
+
+
+def scheduled_weights(trainer):
+    """The current weights of the scheduled loss terms (LossWeightHook), name -> weight; empty without one."""
+    for hook in getattr(trainer, "hooks", ()):
+        if isinstance(hook, LossWeightHook):
+            return hook.weights()
+    return OrderedDict()
+
+
+class LossWeightHook(Hook):
+    """Loss weights that change over training (`weight_schedule:`, slim/distill/weight_schedule.py): before each
+    step, every holder of scheduled terms (the distiller, a task loss with schedules) gets the step's position:
+    `set_step(iteration, epoch, total_iters, total_epochs)`. The position comes from the iteration alone (epoch =
+    iteration // iterations per epoch), so a resumed run continues its schedule. Does nothing without one."""
+
+    def __init__(self):
+        self.targets = []
+
+    def before_train(self, trainer):
+        holders = (getattr(trainer, "distiller", None), getattr(trainer, "task_loss", None))
+        self.targets = [h for h in holders if h is not None and getattr(h, "has_schedules", False)]
+        for holder in self.targets:
+            for name, schedule in holder.schedules().items():
+                trainer.log(f"weight_schedule of {name}: {schedule.describe()}")
+
+    def before_step(self, trainer):
+        if not self.targets:
+            return
+        ipe = max(int(getattr(trainer, "iters_per_epoch", 0) or 1), 1)
+        total_epochs = int(math.ceil(trainer.max_iters / ipe))
+        for holder in self.targets:
+            holder.set_step(trainer.iter, trainer.iter // ipe, trainer.max_iters, total_epochs)
+
+    def weights(self):
+        out = OrderedDict()
+        for holder in self.targets:
+            out.update(holder.current_weights(scheduled_only=True))
+        return out
 
 
 class CheckpointHook(Hook):

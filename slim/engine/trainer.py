@@ -56,7 +56,7 @@ from .checkpoint import (MODEL_FILE, apply_state, check_save_dir_usable, find_la
                          set_aside_previous_run)
 from .data import BatchStream
 from .ema import ModelEMA, ema_settings
-from .hooks import CheckpointHook, EvalHook, LoggerHook, VisualDLHook
+from .hooks import CheckpointHook, EvalHook, LoggerHook, LossWeightHook, VisualDLHook
 from .storage import writing
 from .optim import build_lr_scheduler, build_optimizer
 from .teacher_cache import TeacherCache, TeacherSource, layer_parts, part
@@ -349,7 +349,9 @@ class Trainer:
         if self.cache is not None:
             self.cache.plan(self._cache_visits(batch_size * world))
 
-        self.hooks = [LoggerHook(opts.log_iters), CheckpointHook(opts.save_interval, opts.keep_checkpoint_max)]
+        # LossWeightHook first: a scheduled loss weight (weight_schedule) is set before anything else of a step
+        self.hooks = [LossWeightHook(), LoggerHook(opts.log_iters),
+                      CheckpointHook(opts.save_interval, opts.keep_checkpoint_max)]
         if opts.do_eval:
             self.hooks.append(EvalHook(opts.eval_interval))
         if opts.use_vdl:
@@ -686,8 +688,9 @@ class Trainer:
         def forward():
             terms = OrderedDict()
             if self.distiller is not None:
-                out = self.distiller(*args, label=self.task.distill_label(batch),
-                                     teacher_features=self._teacher_features(args, kwargs), **kwargs)
+                # a schedule that set every distillation weight to 0 stops the teacher (and its cache) too
+                feats = self._teacher_features(args, kwargs) if self.distiller.teacher_needed else None
+                out = self.distiller(*args, label=self.task.distill_label(batch), teacher_features=feats, **kwargs)
                 student_out, distill_terms = out.student_out, out.losses
             elif self.cache is not None:  # the model's own frozen teacher, its tensors from the cache
                 student_out = self.model(*args, teacher_features=self._teacher_features(args, kwargs), **kwargs)

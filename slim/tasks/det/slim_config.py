@@ -24,6 +24,9 @@ this package's distillation pairs:
                       FGDFeatureLoss or ppdet's CWD / PKD / MGD / mimic loss); every term and the student's
                       detection loss scaled by ppdet's alpha 0.125 (see ppyoloe_pairs)
 
+The method's section may add `weight_schedule:` (slim/distill/weight_schedule.py), given to each of its terms, e.g.
+`DistillYOLOv3Loss: {weight: 1000, weight_schedule: {type: constant, stop: 100, by: epoch}}`.
+
 A `slim: QAT` config (configs/slim/quant/*_qat.yml) is quantisation-aware training of the -c model, and
 is merged into the student's config as ppdet merges it (its `pretrain_weights`, the fp32 model QAT starts
 from, and any `epoch`, `LearningRate`, ... win); `QAT.quant_config` becomes the student's `quant:` section
@@ -50,11 +53,13 @@ TRAINING_KEYS = (
 
 
 class SlimConfig:
-    """What a slim config means here: the teacher's config, its weights, the pairs, the student's config."""
+    """What a slim config means here: the teacher's config, its weights, the pairs, the student's config, and
+    `origins`: pair name -> where its weight is set (for messages that suggest another weight)."""
 
-    def __init__(self, teacher_cfg, weights, pairs, student_cfg, method, notes):
+    def __init__(self, teacher_cfg, weights, pairs, student_cfg, method, notes, origins=None):
         self.teacher_cfg, self.weights, self.pairs = teacher_cfg, weights, pairs
         self.student_cfg, self.method, self.notes = student_cfg, method, notes
+        self.origins = dict(origins or {})
 
 
 def _section(cfg, name, where):
@@ -63,7 +68,33 @@ def _section(cfg, name, where):
         return {}
     if not isinstance(value, dict):
         raise ConfigError(f"{where}: `{name}:` must be a mapping of its arguments, got {value!r}.")
-    return {k: v for k, v in value.items() if k not in ("name", "type")}
+    return {k: v for k, v in value.items() if k not in ("name", "type", "weight_schedule")}
+
+
+def _schedule(raw):
+    """The `weight_schedule` of the method's section (`distill_loss: X` names it), or None."""
+    name = raw.get("distill_loss")
+    section = raw.get(name) if isinstance(name, str) else None
+    return section.get("weight_schedule") if isinstance(section, dict) else None
+
+
+def _weight_origins(method, raw, path, pairs, student_cfg):
+    """Pair name -> where the slim config (or the student's head) sets that term's weight."""
+    loss = raw.get("distill_loss")
+    origins = {}
+    for pair in pairs:
+        if method == "LD":
+            head = (student_cfg.get(student_cfg.get("architecture")) or {}).get("head", "LDGFLHead")
+            where = f"{head}.{pair['name']}.loss_weight of the student config"
+        elif method == "PPYOLOEDistill":
+            part = "logits" if pair["name"] == "logits_loss" else "feat"
+            where = f"DistillPPYOLOELoss.loss_weight.{part} in {path}"
+        elif method == "FGD":
+            where = f"FGDFeatureLoss alpha_fgd, beta_fgd, gamma_fgd, lambda_fgd in {path} (its terms' scale)"
+        else:
+            where = f"{loss}.weight in {path}"
+        origins[pair["name"]] = where
+    return origins
 
 
 def _arch_section(cfg):
@@ -434,4 +465,10 @@ def load(path, student_cfg):
         notes.append(f"slim config {path}: not used (the student config -c gives them): {', '.join(unused)}")
     for key in unused:
         teacher.pop(key)
-    return SlimConfig(teacher, raw.get("pretrain_weights"), pairs, student, method or "DistillYOLOv3Loss", notes)
+    schedule = _schedule(raw)
+    if schedule is not None:
+        for pair in pairs:
+            pair["weight_schedule"] = schedule
+        notes.append(f"weight_schedule of {raw.get('distill_loss')}: {schedule} (each of its terms)")
+    return SlimConfig(teacher, raw.get("pretrain_weights"), pairs, student, method or "DistillYOLOv3Loss", notes,
+                      _weight_origins(method, raw, path, pairs, student))

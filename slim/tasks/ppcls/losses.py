@@ -27,6 +27,11 @@ computes, with z the logits, p = softmax, N the batch and y the ground-truth cla
 
 Pair losses take both models' outputs as they are: in mutual learning both receive gradients; a frozen
 model's outputs carry none.
+
+Any entry may add `weight_schedule:` (slim/distill/weight_schedule.py), e.g. to stop distilling after 20 epochs:
+
+    - DistillationKLDivLoss: {weight: 1.0, model_name_pairs: [[Student, Teacher]],
+                              weight_schedule: {type: constant, stop: 20, by: epoch}}
 """
 import math
 from collections import OrderedDict
@@ -39,6 +44,7 @@ from slim.distill.errors import ConfigError
 from slim.distill.losses._utils import smooth_l1
 from slim.distill.losses.correlation import DISTLoss
 from slim.distill.losses.kd import DKDLoss, DistillCrossEntropyLoss, KLLoss
+from slim.distill.weight_schedule import build_schedule
 
 NO_IGNORE = -100  # classification labels are never ignored (255 is a class of ImageNet)
 
@@ -65,6 +71,10 @@ class PaddleClasLoss(nn.Layer):
     """One `Loss.Train` entry. Subclasses set `default_name` and implement terms(predicts, label)."""
     default_name = "loss"
     pair_loss = True  # reads model_name_pairs
+    ground_truth = False  # True: a loss on the labels alone (the task's term, not a distillation term)
+    schedule = None  # weight_schedule (set by build_loss_entry): the weight of a step is weight x factor
+    factor = 1.0  # the schedule's factor at the current step (CombinedLoss.set_step)
+    origin = None  # where its weight is configured, e.g. Loss.Train.1.DistillationKLDivLoss.weight
 
     def __init__(self, weight=1.0, model_name_pairs=None, model_names=None, key=None, name=None):
         super().__init__()
@@ -100,13 +110,19 @@ class PaddleClasLoss(nn.Layer):
         return out[key]
 
     def forward(self, predicts, label):
+        weight = self.weight * self.factor
+        names = getattr(self, "_names", None)
+        if weight == 0 and names is not None:  # scheduled off for this step: its terms are 0, not computed
+            return OrderedDict((k, paddle.zeros([], dtype="float32")) for k in names)
         terms = self.terms(predicts, label)
-        return OrderedDict((k, v * self.weight) for k, v in terms.items())
+        self._names = list(terms)
+        return OrderedDict((k, v * weight) for k, v in terms.items())
 
 
 class CELoss(PaddleClasLoss):
     """CE with the labels on the (single) model's logits; on a DistillationModel, on infer_model_name's."""
     pair_loss = False
+    ground_truth = True
 
     def __init__(self, weight=1.0, epsilon=None, reduction="mean"):
         super().__init__(weight)
@@ -128,6 +144,7 @@ class CELoss(PaddleClasLoss):
 
 class DistillationGTCELoss(PaddleClasLoss):
     default_name = "loss_gt_ce"
+    ground_truth = True
 
     def __init__(self, weight=1.0, model_names=(), epsilon=None, key=None, name=None):
         super().__init__(weight, model_names=model_names, key=key, name=name)
@@ -493,18 +510,23 @@ def build_loss_entry(entry, where="Loss.Train"):
     if name not in LOSSES:
         raise ConfigError(f"{where}: loss {name!r} is not supported here; supported: {', '.join(LOSSES)} "
                           f"(DistillationPairLoss with base_loss_name MGDLoss).")
+    schedule = build_schedule(params.pop("weight_schedule", None), f"{where}.{name}")
     try:
-        return LOSSES[name](**params)
+        loss = LOSSES[name](**params)
     except TypeError as e:
         raise ConfigError(f"{where}: {name} could not be built from {sorted(params)}: {e}") from None
+    loss.schedule, loss.origin = schedule, f"{where}.{name}.weight"
+    return loss
 
 
 class CombinedLoss:
     """Every `Loss.Train` entry on one model output; term names as PaddleClas logs them (a name produced twice
-    is an error: PaddleClas would silently keep one)."""
+    is an error: PaddleClas would silently keep one). `entry_of[term]` is the entry that produced a term.
+    Entries with a `weight_schedule` get the step's position through set_step (the trainer's LossWeightHook)."""
 
     def __init__(self, losses):
         self.losses = list(losses)
+        self.entry_of = OrderedDict()
 
     def __call__(self, predicts, batch):
         label = batch["label"] if isinstance(batch, dict) else batch
@@ -514,5 +536,28 @@ class CombinedLoss:
                 if k in out or k == "loss":
                     raise ConfigError(f"Two Loss.Train terms are both named {k!r}; give one of them another `name`.")
                 out[k] = v
+                self.entry_of[k] = loss
         return out
 
+    # ----- weight_schedule ----------------------------------------------------------------------------
+    def _labels(self):
+        names = [type(loss).__name__ for loss in self.losses]
+        return [n if names.count(n) == 1 else f"{n}_{i}" for i, n in enumerate(names)]
+
+    @property
+    def has_schedules(self):
+        return any(loss.schedule is not None for loss in self.losses)
+
+    def schedules(self):
+        return OrderedDict((label, loss.schedule) for label, loss in zip(self._labels(), self.losses)
+                           if loss.schedule is not None)
+
+    def set_step(self, iteration, epoch=0, total_iters=None, total_epochs=None):
+        for loss in self.losses:
+            loss.factor = 1.0
+            if iteration is not None and loss.schedule is not None:
+                loss.factor = loss.schedule.factor(iteration, epoch, total_iters, total_epochs)
+
+    def current_weights(self, scheduled_only=False):
+        return OrderedDict((label, loss.weight * loss.factor) for label, loss in zip(self._labels(), self.losses)
+                           if not scheduled_only or loss.schedule is not None)
