@@ -38,6 +38,7 @@ def test_exported_int8_model_has_the_dygraph_qat_models_top1_within_half_a_point
     assert abs(int8["top1"] - dygraph["top1"]) <= 0.005, (int8["top1"], dygraph["top1"])
     assert dygraph["top1"] > 0.8  # a trained model: the comparison means something
     assert "Paddle Inference:" in out and "(int8 (quantize/dequantize ops) export) on CPU, oneDNN int8" in out
+    assert "ops in int8: 2 fused_conv2d" in out  # both convolutions of the student run in int8
     assert "latency per image (1x1x28x28, batch 1, CPU, oneDNN int8, 1 thread(s)): median" in out
     assert int8["latency_ms_median"] > 0 and int8["precision"] == "int8"
 

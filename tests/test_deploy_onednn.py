@@ -255,4 +255,6 @@ def test_every_tasks_export_runs_in_paddle_inference_with_onednn_fp32_and_int8(t
         x = np.random.RandomState(0).rand(*([1] + shape[1:])).astype("float32")
         outputs = predictor.run([x])
         assert predictor.config.mkldnn_enabled() and predictor.quantized == (precision == "int8")
+        if precision == "int8":  # convolutions run in int8 (the fusion passes name them fused_conv2d)
+            assert predictor.int8_ops.get("fused_conv2d", 0) > 0, predictor.int8_ops
         assert all(np.all(np.isfinite(o)) for o in outputs), precision

@@ -131,6 +131,8 @@ def check_export(prefix, precision, x, expected, atol, threads=1, log=print):
         if rel is None:
             lines.append(f"{what}: ran, output shape {list(got.shape)} (dygraph {list(expected.shape)}, not compared)")
             continue
+        if predictor.int8_ops is not None:
+            what += f" ({sum(predictor.int8_ops.values())} ops in int8)"
         lines.append(f"{what}: max |inference - dygraph| / max(1, max |dygraph|) = {rel:.3g}")
         if run_precision == "fp32" and precision == "fp32" and rel > ONEDNN_RTOL:
             raise SlimError(f"{what} differs from the dygraph model by {rel:.3g} of the output's scale "

@@ -19,6 +19,7 @@ Latency is the wall time of `run()` (copy in, run, copy out) per call, the media
 import glob
 import os
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
@@ -30,11 +31,13 @@ from slim.distill.errors import ConfigError
 PRECISIONS = ("fp32", "int8")
 #: file prefixes of an export folder, in the order they are looked for
 MODEL_NAMES = ("model", "inference")
-#: the ops oneDNN runs in int8 (`enable_mkldnn_int8(op_types)`): convolutions and the ops between them. Not `fc` /
-#: `matmul` (the Linear layers): oneDNN's int8 fc cost 1.2-1.4 top-1 points on the MNIST ConvNet student against its
-#: dygraph QAT model (0.936-0.938 vs 0.949-0.950, per-channel or per-tensor weights) while the convolutions alone
-#: stayed within 0.2; Linear layers run in fp32 (a small share of a CNN's time).
-INT8_OP_TYPES = ("conv2d", "depthwise_conv2d", "pool2d", "elementwise_add", "concat")
+#: the ops oneDNN runs in int8 (`enable_mkldnn_int8(op_types)`; the names after its fusion passes, which run first:
+#: a convolution with its bias, activation or residual add is `fused_conv2d`): convolutions and the ops between
+#: them. Not `fc` / `matmul` (the Linear layers): on the MNIST ConvNet student oneDNN's int8 fc cost 1.1-1.3 top-1
+#: points against the fp32 run of the same int8 export (0.936-0.938 vs 0.949), convolutions 0.1-0.6; Linear layers
+#: run in fp32 (a small share of a CNN's time).
+INT8_OP_TYPES = ("conv2d", "fused_conv2d", "depthwise_conv2d", "pool2d", "elementwise_add", "fused_elementwise_add",
+                 "concat")
 #: op names only a quantised program holds (old-IR fake-quant or ONNX-style quantize_linear)
 _QUANT_OP_MARKERS = (b"quantize_linear", b"fake_quantize", b"fake_channel_wise_quantize", b"fake_dequantize")
 
@@ -168,7 +171,14 @@ class Predictor:
                               f"or run it with --precision fp32.")
         import paddle.inference as pi
         self.config = make_config(self.model_file, self.params_file, self.settings)
-        self.predictor = pi.create_predictor(self.config)
+        onednn_int8 = self.settings.precision == "int8" and not self.settings.device.startswith("gpu")
+        with tempfile.TemporaryDirectory() as optimized:
+            if onednn_int8:  # the optimised program says which ops oneDNN runs in int8
+                self.config.enable_save_optim_model(True)
+                self.config.set_optim_cache_dir(optimized)
+            self.predictor = pi.create_predictor(self.config)
+            #: {op type: count} of the ops oneDNN runs in int8 (CPU int8 only, else None)
+            self.int8_ops = _int8_ops(os.path.join(optimized, "_optimized.pdmodel")) if onednn_int8 else None
         self.input_names = self.predictor.get_input_names()
         self.output_names = self.predictor.get_output_names()
         #: the first inputs `run` was given (for a latency measurement on real data)
@@ -186,7 +196,11 @@ class Predictor:
 
     def describe(self) -> str:
         kind = "int8 (quantize/dequantize ops)" if self.quantized else "fp32"
-        return f"{self.model_file} ({kind} export) on {self.settings.describe()}"
+        text = f"{self.model_file} ({kind} export) on {self.settings.describe()}"
+        if self.int8_ops is not None:
+            ops = ", ".join(f"{n} {t}" for t, n in sorted(self.int8_ops.items())) or "none"
+            text += f"; ops in int8: {ops}"
+        return text
 
     def run(self, inputs: Sequence[np.ndarray]) -> List[np.ndarray]:
         if len(inputs) != len(self.input_names):
@@ -209,6 +223,21 @@ class Predictor:
             self.run(inputs)
             times.append((time.perf_counter() - start) * 1000.0)
         return Latency(tuple(times), warmup)
+
+
+def _int8_ops(optimized_program):
+    """{op type: count} of the ops marked int8 in an optimised old-IR program (None when it cannot be read)."""
+    from collections import Counter
+    try:
+        from paddle.base import core
+        with open(optimized_program, "rb") as f:
+            program = core.ProgramDesc(f.read())  # kept alive while its block is read
+    except Exception:  # not written (e.g. a PIR program) or unreadable: nothing to report
+        return None
+    block = program.block(0)
+    ops = [block.op(i) for i in range(block.op_size())]
+    return dict(Counter(op.type() for op in ops
+                        if op.has_attr("mkldnn_data_type") and op.attr("mkldnn_data_type") == "int8"))
 
 
 def batch_of_one(inputs: Sequence[np.ndarray]) -> List[np.ndarray]:
