@@ -27,7 +27,7 @@ from slim.distill.errors import ConfigError
 from slim.distill.distill_token import distill_token_pairs
 from slim.distill.pairs import logit_pairs, parse_pairs
 from slim.quant import training as quant_training
-from . import launch
+from . import check, launch
 
 
 def parse_args(argv=None):
@@ -40,6 +40,7 @@ def parse_args(argv=None):
     p.add_argument("--allow_untrained_teacher", action="store_true",
                    help="run with a randomly initialised teacher (pipeline tests only)")
     launch.add_teacher_cache_flags(p)
+    check.add_check_flags(p)
     p.add_argument("--pipeline", default=None, metavar="P.yml",
                    help="run a pipeline of stages instead (see slim/apps/pipeline.py; `--pipeline P.yml --help`)")
     launch.add_common_flags(p)
@@ -126,6 +127,7 @@ def run(args, task, cfg, allow_untrained=False, notes=None):
     task.check_teacher_compatible(cfg, teacher_cfg)
     default = (lambda: quant_training.self_default_pairs(task, cfg)) if self_teacher else None
     pairs, adaptors = distill_pairs(task, cfg, teacher_cfg, extra, notes, default=default, origins=origins)
+    hooks = check.distill_hooks(args, task, cfg, teacher_cfg)  # --check: before any model is built, its flags
     save_dir = args.save_dir or launch.run_folder_name(task, cfg, teacher_cfg, pairs)
     if self_teacher:  # the fp32 student is copied, then quantised (a teacher cache stores the copy's tensors)
         quant_training.check_self_start(task, cfg, args.init_weights)
@@ -141,7 +143,8 @@ def run(args, task, cfg, allow_untrained=False, notes=None):
         student = launch.build_student(task, cfg, args.init_weights, log=notes.append)
         teacher = launch.build_teacher(task, teacher_cfg, weights, allow_untrained, log=notes.append, key=key)
         task.prepare_pair(student, teacher, cfg, log=notes.append)
-    launch.train(task, cfg, student, teacher, pairs, adaptors, launch.options_from_args(args, save_dir), notes)
+    launch.train(task, cfg, student, teacher, pairs, adaptors, launch.options_from_args(args, save_dir), notes,
+                 hooks=hooks)
 
 
 def main(argv=None):

@@ -280,9 +280,13 @@ def run_folder_name(task, cfg, teacher_cfg=None, pairs=()):
 
 
 def run_main(main):
-    """Run a CLI main(): user errors print one clear message and exit 2; Ctrl-C exits 130."""
+    """Run a CLI main(): user errors print one clear message and exit 2; Ctrl-C exits 130; a check that ends the
+    command (--check, slim/engine/check.py) exits 0 when it flagged nothing, 3 when it flagged something."""
+    from slim.engine.check_report import CheckFinished
     try:
         return main() or 0
+    except CheckFinished as e:
+        return e.exit_code
     except SlimError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

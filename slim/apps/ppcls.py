@@ -91,6 +91,8 @@ def train_main(argv):
                    help="weights of the frozen model(s): same as -o Arch.models.0.<Name>.pretrained=P")
     launch.add_common_flags(p)
     launch.add_teacher_cache_flags(p)
+    from slim.apps import check
+    check.add_check_flags(p)
     args = p.parse_args(argv)
     if args.teacher_config or args.slim_config:
         raise ConfigError(f"{args.config} is a PaddleClas config: its teacher is one of Arch.models; drop "
@@ -164,7 +166,7 @@ def train_main(argv):
         teacher_cache_repair=args.teacher_cache_repair)
     notes.append(f"{ipe} iterations per epoch; checkpoints every {save_interval}, evaluation every {eval_interval} "
                  f"iterations" + ("" if options.do_eval else " (evaluation off: Global.eval_during_train is not True)"))
-    launch.train(task, cfg, model, options=options, notes=notes)
+    launch.train(task, cfg, model, options=options, notes=notes, hooks=check.ppcls_hooks(args, task, cfg))
     return 0
 
 

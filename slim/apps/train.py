@@ -17,7 +17,7 @@ import sys
 
 
 from slim.quant import training as quant_training
-from . import distill, launch
+from . import check, distill, launch
 
 
 def main(argv=None):
@@ -29,6 +29,7 @@ def main(argv=None):
     p.add_argument("--config", "-c", required=True)
     distill.add_slim_config_flag(p)
     launch.add_common_flags(p)
+    check.add_check_flags(p)
     args = p.parse_args(argv)
     launch.setup_process(args)
     opts = launch.flag_overrides(args, args.config)
@@ -39,7 +40,8 @@ def main(argv=None):
         return distill.run(args, task, cfg, notes=notes)
     save_dir = args.save_dir or launch.run_folder_name(task, cfg)
     model = launch.build_student(task, cfg, args.init_weights, log=notes.append)
-    launch.train(task, cfg, model, options=launch.options_from_args(args, save_dir), notes=notes)
+    hooks = check.train_hooks(args, task, cfg)
+    launch.train(task, cfg, model, options=launch.options_from_args(args, save_dir), notes=notes, hooks=hooks)
 
 
 def cli():

@@ -185,6 +185,9 @@ class Distiller:
         if not self._needs_build:
             self._wrap_connectors_for_data_parallel()
         self.check_finite = check_finite
+        # with record_inputs, each call keeps every pair's tensors as captured (before connectors, resizing or
+        # casts) in last_inputs: pair name -> (student tensors, teacher tensors); for inspection (--check)
+        self.record_inputs, self.last_inputs = False, {}
 
     # ----- weights over training (weight_schedule.py) ----------------------------------------------------
     @property
@@ -346,6 +349,8 @@ class Distiller:
         except KeyError as e:
             raise ConfigError(f"teacher_features has no tensor {e.args[0]!r}; give every name of "
                               f"teacher_tensor_names() ({self.teacher_tensor_names()}).") from None
+        if self.record_inputs:
+            self.last_inputs = {p.name: (list(s_feats[p.name]), list(t_feats[p.name])) for p in self.pairs}
         self._apply_connectors(s_feats, t_feats)
         losses = OrderedDict()
         with float32_losses():  # under autocast: losses in fp32 (a float16 softmax overflows)

@@ -1,5 +1,7 @@
 """Parameter and multiply-accumulate counts of a model, from one forward with hooks (any input type); the memory
 of one training step, measured (`--analyse` on train and distill)."""
+import time
+
 try:
     import resource  # Unix: peak RSS, the CPU fallback when Paddle has no allocator statistics
 except ImportError:  # pragma: no cover
@@ -117,14 +119,15 @@ class MemoryMeter:
 def measure_step(forward, backward=None, meter=None):
     """Run `backward(forward())` (or forward() alone) once and measure it, in bytes above what was allocated
     before: {"kept": held when forward() returned (the activations kept for backward, outputs and losses;
-    None where the meter has no current value), "peak": the most held at any moment of the step}, or None
-    when nothing can be measured on this device."""
+    None where the meter has no current value), "peak": the most held at any moment of the step, "seconds": its
+    wall time}, or None when nothing can be measured on this device."""
     meter = meter or MemoryMeter()
     if meter.kind is None:
         out = forward()
         if backward is not None:
             backward(out)
         return None
+    start = time.perf_counter()
     before = meter.current()
     if before is None:  # RSS: only the peak, relative to the earlier peak
         before = meter.peak()
@@ -135,7 +138,8 @@ def measure_step(forward, backward=None, meter=None):
     if backward is not None:
         backward(out)
     del out
-    return {"kept": kept, "peak": max(0, meter.peak() - before)}
+    peak = meter.peak()  # on a GPU it synchronises: the time below includes the step's kernels
+    return {"kept": kept, "peak": max(0, peak - before), "seconds": time.perf_counter() - start}
 
 
 def _backward(loss_terms):
