@@ -238,8 +238,8 @@ def test_user_errors_are_one_clear_line(run, capsys, tmp_path, monkeypatch):
          "Arch.models.0.Teacher.pretrained = https://paddle-imagenet-models-name.bj.bcebos.com/dygraph/"
          "legendary_models/ResNet34_pretrained.pdparams: cannot download"),
         (["-o", "Arch.class_num=5"], r"labels \[5, 6, 7, 8, 9\] outside \[0, 4\]"),
-        (["-o", "DataLoader.Train.dataset.batch_transform_ops=[{OpSampler: {MixupOperator: {alpha: 0.2}}}]"],
-         r"batch_transform_ops \(OpSampler\) are not supported here.*=null"),
+        (["-o", "DataLoader.Train.dataset.batch_transform_ops=[{OpSampler: {MixupOperator: {alpha: 0.2, prob: 1}}}]"],
+         r"DistillationDKDLoss reads each sample.s class.*use_target_as_gt: True.*batch_transform_ops=null"),
         (["-o", "DataLoader.Train.dataset.transform_ops.1={GridMask: null}"],
          "transform op 'GridMask' is not supported; supported: DecodeImage"),
         (["-t", dkd], "its teacher is one of Arch.models"),

@@ -2,7 +2,9 @@
 
 Every sample is drawn as `dataset[(epoch, index)]` and its random augmentation is seeded from
 (seed, epoch, index): the same batch holds the same augmented samples whatever the number of workers,
-and a run resumed in the middle of an epoch sees exactly what an unbroken run would have seen.
+and a run resumed in the middle of an epoch sees exactly what an unbroken run would have seen. A collate
+function that draws random numbers for the whole batch (Mixup, CutMix: `draws_per_batch = True`) gets numpy's
+and Python's generators seeded from (seed, the batch's (epoch, index) keys) just before it runs.
 
 A sample that fails to load (a file that does not decode, a transform that raises, a batch that does not
 stack) is one ConfigError naming the sample's files, raised in the main thread by `BatchStream`: paddle's
@@ -12,6 +14,7 @@ import math
 import os
 import random
 import signal
+import zlib
 
 import numpy as np
 import paddle
@@ -100,7 +103,7 @@ class _Failed:
 
 
 class _LoaderDataset(paddle.io.Dataset):
-    """What the DataLoader reads: (index, sample), or (index, _Failed) instead of raising in its thread."""
+    """What the DataLoader reads: ((epoch, index), sample), or (key, _Failed) instead of raising in its thread."""
 
     def __init__(self, seeded):
         self.seeded = seeded
@@ -109,11 +112,17 @@ class _LoaderDataset(paddle.io.Dataset):
         return len(self.seeded)
 
     def __getitem__(self, key):
-        index = key[1] if isinstance(key, tuple) else key
+        key = tuple(key) if isinstance(key, tuple) else (0, key)
         try:
-            return index, self.seeded[key]
+            return key, self.seeded[key]
         except Exception as e:
-            return index, _Failed(str(sample_error(self.seeded.base, index, e)))
+            return key, _Failed(str(sample_error(self.seeded.base, key[1], e)))
+
+
+def batch_seed(seed, keys):
+    """The seed of a batch's own draws: from the data seed and its samples' (epoch, index) keys."""
+    text = f"{int(seed or 0)}:" + ",".join(f"{int(e)}.{int(i)}" for e, i in keys)
+    return zlib.crc32(text.encode())
 
 
 def _worker_leaves_stopping_to_the_trainer(worker_id):
@@ -128,9 +137,10 @@ class _LoaderCollate:
     """The task's collate on the samples; a failed sample or collate becomes a batch that carries the
     message (with a placeholder array: paddle's loader queue needs at least one tensor)."""
 
-    def __init__(self, collate_fn, base):
+    def __init__(self, collate_fn, base, seed=0):
         self.collate_fn = collate_fn or default_collate_fn
-        self.base = base
+        self.base, self.seed = base, seed
+        self.draws_per_batch = bool(getattr(collate_fn, "draws_per_batch", False))
 
     @staticmethod
     def failed(message):
@@ -140,10 +150,14 @@ class _LoaderCollate:
         for _, sample in items:
             if isinstance(sample, _Failed):
                 return self.failed(sample.message)
+        if self.draws_per_batch:
+            value = batch_seed(self.seed, [key for key, _ in items])
+            np.random.seed(value)
+            random.seed(value)
         try:
             return self.collate_fn([sample for _, sample in items])
         except Exception as e:
-            return self.failed(str(batch_error(self.base, [i for i, _ in items], e)))
+            return self.failed(str(batch_error(self.base, [key[1] for key, _ in items], e)))
 
 
 class ResumableBatchSampler(paddle.io.BatchSampler):
@@ -220,7 +234,7 @@ class BatchStream:
         self.sampler.set_epoch(self.epoch, start_batch)
         self._keys, self._position = list(iter(self.sampler)), 0  # what the loader yields, in its order
         loader = paddle.io.DataLoader(_LoaderDataset(self.dataset), batch_sampler=self.sampler,
-                                      collate_fn=_LoaderCollate(self.collate_fn, self.dataset.base),
+                                      collate_fn=_LoaderCollate(self.collate_fn, self.dataset.base, self.dataset.seed),
                                       num_workers=self.num_workers, return_list=True,
                                       # shared memory: Paddle's worker pickles a batch's tensors in a queue thread
                                       # and segfaulted in about 1 of 4 runs here (paddle 3.3, reductions.py)

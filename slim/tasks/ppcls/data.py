@@ -17,6 +17,7 @@ Images are decoded and resized as PaddleClas does it (slim/tasks/ppcls/decode_re
 RGB, grey images repeated to 3 channels, BGR with `to_rgb: False`); after the ops the HWC image is made CHW (as
 PaddleClas's dataset does), unless ToCHWImage or NormalizeImage `order: chw` already did.
 Randomness uses Python's `random` (seeded per sample by the trainer: reproducible and resumable).
+`batch_transform_ops` (Mixup, Cutmix, FMix, OpSampler) mix the training batches: slim/tasks/ppcls/batch_ops.py.
 """
 import math
 import random
@@ -210,22 +211,29 @@ class ImageNetDataset(ClsFileList):
 DATASETS = {"ImageNetDataset": ImageNetDataset}
 
 
+def train_batch_ops(cfg):
+    """DataLoader.Train.dataset.batch_transform_ops of a config (None without)."""
+    return ((((cfg.get("DataLoader") or {}).get("Train") or {}).get("dataset") or {}).get("batch_transform_ops")
+            or None)
+
+
 def build_dataset(loader_cfg, where):
     """`DataLoader.Train` / `DataLoader.Eval` -> a dataset."""
     ds = dict((loader_cfg or {}).get("dataset") or {})
     if not ds:
         raise ConfigError(f"The config has no {where}.dataset section.")
     name = ds.pop("name", None)
-    if ds.get("batch_transform_ops"):
-        names = [next(iter(op)) if isinstance(op, dict) and op else str(op) for op in ds["batch_transform_ops"]]
-        raise ConfigError(f"{where}.dataset.batch_transform_ops ({', '.join(names)}) are not supported here: "
-                          f"operators that mix the samples of a batch (Mixup, Cutmix) are not implemented. Remove "
-                          f"batch_transform_ops (-o {where}.dataset.batch_transform_ops=null).")
-    ds.pop("batch_transform_ops", None)
+    batch_ops = ds.pop("batch_transform_ops", None)
+    if batch_ops and not where.endswith("Train"):
+        raise ConfigError(f"{where}.dataset.batch_transform_ops: operators that mix the samples of a batch (Mixup, "
+                          f"Cutmix) are for training; remove them from {where} (-o {where}.dataset.batch_transform_ops"
+                          f"=null).")
     if name not in DATASETS:
         raise ConfigError(f"{where}.dataset name {name!r} is not supported; supported: {', '.join(DATASETS)} "
                           f"(image_root + cls_label_path of 'relative/path label' lines).")
     try:
-        return DATASETS[name](where=where, **ds)
+        dataset = DATASETS[name](where=where, **ds)
     except TypeError as e:
         raise ConfigError(f"{where}.dataset ({name}): {e}") from None
+    dataset.batch_transform_ops = batch_ops or None  # built by the task, which knows Arch.class_num (batch_ops.py)
+    return dataset

@@ -53,12 +53,33 @@ def _logits(x):
     return x["logits"] if isinstance(x, dict) else x
 
 
+def is_soft(label, logits):
+    """Targets mixed by batch_transform_ops (batch_ops.py): float (N, C) rows as wide as the logits, which
+    PaddleClas's CELoss reads as soft labels; class ids are (N,) or (N, 1)."""
+    return label.ndim == 2 and label.shape[-1] == logits.shape[-1] and label.dtype in (paddle.float16, paddle.float32,
+                                                                                      paddle.float64)
+
+
 def _label(label):
+    if label.ndim == 2 and label.shape[-1] > 1:
+        raise ConfigError("A loss that reads each sample's class got mixed (soft) targets from batch_transform_ops "
+                          "(Mixup, Cutmix): set its use_target_as_gt: True (the teacher's class), or remove "
+                          "batch_transform_ops.")
     return label.reshape([-1]).astype("int64")
 
 
 def cross_entropy(logits, label, epsilon=None):
-    """-mean log softmax(z)_y; with epsilon, against (1 - eps) onehot + eps / C (PaddleClas's label_smooth)."""
+    """-mean log softmax(z)_y; with epsilon, against (1 - eps) onehot + eps / C (PaddleClas's label_smooth).
+    Soft targets (N, C) as PaddleClas's CELoss reads them: (1 - eps) target + eps / C with epsilon; without it,
+    softmax(target) (PaddleClas applies a softmax to a soft label there: a mixed one-hot becomes nearly uniform
+    over many classes; PaddleClas issue #2468)."""
+    if is_soft(label, logits):
+        target = label.astype(logits.dtype)
+        if epsilon is not None and 0 < float(epsilon) < 1:
+            target = target * (1 - float(epsilon)) + float(epsilon) / logits.shape[-1]
+        else:
+            target = F.softmax(target, axis=-1)
+        return -(target * F.log_softmax(logits, axis=-1)).sum(axis=-1).mean()
     label = _label(label)
     if epsilon is not None and 0 < float(epsilon) < 1:
         c = logits.shape[-1]

@@ -22,10 +22,15 @@ from slim.tasks.cls.metrics import topk_accuracy
 from . import arch as ppcls_arch
 from . import config as pc
 from . import data as pc_data
+from . import deit  # noqa: F401  (registers DistillationTokenLoss, DeiT's distillation token)
+from .batch_ops import MixingCollate, build_batch_ops
 from .losses import CELoss, CombinedLoss, build_loss_entry
 from .optimizer import optimizer_settings
 
 LOSS_LAYERS = "loss_layers"  # sublayer of the model holding losses with trainable parameters (MGD)
+# Loss.Train entries that read each sample's class (not with mixed targets, unless use_target_as_gt)
+CLASS_ID_LOSSES = ("DistillationDKDLoss", "DistillationWSLLoss", "DistillationSKDLoss")
+BATCH_OPS = "DataLoader.Train.dataset.batch_transform_ops"
 
 
 def resolve_pdparams(path, key):
@@ -255,6 +260,12 @@ class Task(TaskBase):
                     if m not in names:
                         raise ConfigError(f"Loss.Train {type(loss).__name__} names the model {m!r}, but Arch.models "
                                           f"has {', '.join(names)}.")
+        if pc_data.train_batch_ops(cfg):  # mixed targets: no class ids for the losses that read them
+            for loss in losses:
+                if type(loss).__name__ in CLASS_ID_LOSSES and not getattr(loss, "use_target_as_gt", False):
+                    raise ConfigError(f"Loss.Train {type(loss).__name__} reads each sample's class, but {BATCH_OPS} "
+                                      f"mix the labels of a batch (Mixup, Cutmix): set its use_target_as_gt: True (the "
+                                      f"teacher's class), or remove them (-o {BATCH_OPS}=null).")
         if names is not None:
             infer = self.infer_model_name(cfg)
             for loss in losses:
@@ -390,8 +401,17 @@ class Task(TaskBase):
                                       f"[0, {classes - 1}]: set Arch.class_num (-o Arch.class_num=N) to the number of "
                                       f"classes.")
             dataset.defer_errors = mode == "train"
+            if mode == "train":
+                self._batch_ops = self._build_batch_ops(dataset, cfg)
             self._datasets[key] = dataset
         return self._datasets[key]
+
+    def _build_batch_ops(self, dataset, cfg):
+        """DataLoader.Train.dataset.batch_transform_ops (batch_ops.py), None without."""
+        entries = getattr(dataset, "batch_transform_ops", None)
+        if not entries:
+            return None
+        return build_batch_ops(entries, self.class_count(cfg), BATCH_OPS, log=self.log)
 
     def class_count(self, cfg):
         arch = cfg.get("Arch") or {}
@@ -404,7 +424,8 @@ class Task(TaskBase):
         return int(value) if value is not None else None
 
     def collate_fn(self, mode):
-        return cls_collate
+        ops = getattr(self, "_batch_ops", None)
+        return MixingCollate(ops) if mode == "train" and ops else cls_collate
 
     def model_inputs(self, batch, mode="train"):
         if "error" in batch:
@@ -412,7 +433,8 @@ class Task(TaskBase):
         return (batch["img"],), {}
 
     def distill_label(self, batch):
-        return batch.get("label")
+        label = batch.get("label")
+        return None if label is not None and label.ndim == 2 and label.shape[-1] > 1 else label  # mixed: no ids
 
     def batch_size_of(self, batch):
         return int(batch["img"].shape[0])
