@@ -9,7 +9,7 @@ import numpy as np
 import paddle
 import pytest
 
-from slim.engine.check import ConstantClassModel, SampleSubset, class_counts
+from slim.engine.check_teacher import ConstantClassModel, SampleSubset, class_counts
 from slim.tasks import get_task
 from tests.helpers.cli import run_tool
 from tests.helpers.cls_fixtures import NORMALIZE, make_tiny_cls, write_yaml
