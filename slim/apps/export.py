@@ -13,7 +13,9 @@ inference model (quantize/dequantize ops with the trained scales; an old-IR prog
 runs in int8 on CPU). A QAT checkpoint without its quant settings is an error, never a silent fp32 export.
 deploy.yaml beside them names the task, the precision and the val transforms.
 
-The check: the saved model and the dygraph model on the same random --check_shape input (fp32: loaded back with
+The checks: the saved model through Paddle Inference against the dygraph model on a few val samples (largest
+difference and argmax agreement of each output; an fp32 output beyond tolerance is an error naming it:
+export_parity.py), and on the same random --check_shape input (fp32: loaded back with
 paddle.jit.load, within --atol of the output's scale max(1, max |dygraph|), and through Paddle Inference with oneDNN,
 within 1e-3 of it; int8: Paddle
 Inference with the quantize ops in fp32, which is what the dygraph QAT model computes, then oneDNN int8, whose
@@ -152,14 +154,18 @@ def write_deploy_yaml(save_dir, task, cfg, precision, model="model"):
 def export_model(task, cfg, model, save_dir, input_shape=None, check_shape=(1, 3, 256, 256), atol=1e-4,
                  name="model", log=print):
     """Export `model` (fp32, or int8 when quantised) to SAVE_DIR/NAME.*, check it; returns (prefix, precision)."""
+    from slim.apps.export_parity import check_parity, describe_exported, dygraph_outputs
     layer = task.export_model(model, cfg)
     x = check_input(list(input_shape or check_shape))
     expected = dygraph_output(layer, x)
+    specs = task.export_input_spec(cfg, input_shape)
+    samples = dygraph_outputs(layer, task, cfg, specs)  # val samples, before saving (export_parity.py)
     prefix = os.path.join(save_dir, name)
-    precision = save_program(layer, prefix, task.export_input_spec(cfg, input_shape), log=log)
+    precision = save_program(layer, prefix, specs, log=log)
     log(f"exported {'the int8' if precision == 'int8' else 'the fp32'} inference model to {prefix}."
-        f"{'pdmodel' if precision == 'int8' else 'json'} (+ .pdiparams)")
+        f"{'pdmodel' if precision == 'int8' else 'json'} (+ .pdiparams): {describe_exported(model, layer)}")
     check_export(prefix, precision, x, expected, atol, log=log)
+    check_parity(os.path.dirname(prefix) or ".", precision, samples, task, cfg, log=log)
     return prefix, precision
 
 
