@@ -133,8 +133,8 @@ def _image(h=28, w=30, seed=0):
 
 def test_resize_is_cv2_by_default_and_pil_on_request():
     img = _image()
-    np.testing.assert_array_equal(Resampler()(img, (17, 13)), cv2.resize(img, (17, 13), interpolation=cv2.INTER_LINEAR))
-    np.testing.assert_array_equal(Resampler("area")(img, (17, 13)), cv2.resize(img, (17, 13), interpolation=cv2.INTER_AREA))
+    for name, flag in ((None, cv2.INTER_LINEAR), ("area", cv2.INTER_AREA), ("bicubic", cv2.INTER_CUBIC)):
+        np.testing.assert_array_equal(Resampler(name)(img, (17, 13)), cv2.resize(img, (17, 13), interpolation=flag))
     pil = np.asarray(Image.fromarray(img).resize((17, 13), Image.BILINEAR))
     np.testing.assert_array_equal(Resampler(backend="pil")(img, (17, 13)), pil)
     assert not np.array_equal(pil, Resampler()(img, (17, 13)))  # the backends differ when shrinking

@@ -13,7 +13,7 @@ after every iteration, or after every epoch with `by_epoch: True`. What it build
 | Cosine | CosineAnnealingDecay(learning_rate, T_max (E - w) * n, eta_min); constant when T_max is 0 |
 | Linear | PolynomialDecay(learning_rate, (E - w) * n, end_lr, power, cycle); constant when that is 0 |
 | Step | StepDecay(learning_rate, int(step_size * n), gamma) |
-| Piecewise | PiecewiseDecay(decay_epochs * n, values); `learning_rate` set: x0.1 every 30 epochs instead (PaddleClas's rule) |
+| Piecewise | PiecewiseDecay(decay_epochs * n, values); with `learning_rate`: x0.1 every 30 epochs (PaddleClas's rule) |
 | MultiStepDecay | MultiStepDecay(learning_rate, milestones * n, gamma 0.1) |
 | ConstLR | learning_rate |
 | Constant, or no name | learning_rate, never a warm-up (PaddleClas's Constant takes no warmup_epoch) |
@@ -63,6 +63,10 @@ def _as_given(value, what):
     return _number(value, what)
 
 
+def _show(value):
+    return f"{float(value):g}" if isinstance(value, Fraction) else str(value)
+
+
 class PaddleClasSchedule:
     """The scheduler PaddleClas builds for `lr_cfg` (a dict of Optimizer.lr) over `epochs` epochs of
     `step_each_epoch` iterations, and the rate it gives at each iteration of the run."""
@@ -73,7 +77,7 @@ class PaddleClasSchedule:
         if not isinstance(lr_cfg, dict):
             raise ConfigError(f"Optimizer.lr must be a mapping such as {{name: Cosine, learning_rate: 0.1}}, got "
                               f"{lr_cfg!r}")
-        self.cfg, self.log, self.notes = dict(lr_cfg), log, []
+        self.cfg, self.notes = dict(lr_cfg), []
         self.name = self.cfg.get("name")
         if self.name is not None and self.name not in SUPPORTED:
             raise ConfigError(f"Optimizer.lr name {self.name!r} is not supported; supported: {', '.join(SUPPORTED)}.")
@@ -98,8 +102,8 @@ class PaddleClasSchedule:
         """LRBase: (warmup_epoch, warmup steps); warmup_epoch not below Global.epochs becomes Global.epochs."""
         w = _as_given(self.cfg.get("warmup_epoch", 0) or 0, "warmup_epoch")
         if w >= self.epochs:
-            note(f"Optimizer.lr.warmup_epoch {w} is not below Global.epochs {self.epochs}: set to "
-                 f"{self.epochs}, as PaddleClas does (the warm-up covers the whole run and the rate "
+            note(f"Optimizer.lr.warmup_epoch {_show(w)} is not below Global.epochs {_show(self.epochs)}: set to "
+                 f"{_show(self.epochs)}, as PaddleClas does (the warm-up covers the whole run and the rate "
                  f"reaches learning_rate {learning_rate:g} only at its end)")
             w = self.epochs
         steps = w if self.by_epoch else round(w * self.step_each_epoch)
@@ -219,7 +223,7 @@ class PaddleClasSchedule:
             kind = f"LinearWarmup over {s.warmup_steps} step(s), then {inner}"
         return (f"Optimizer.lr {self.name or 'learning_rate'} as PaddleClas computes it: {kind.lstrip('_')}, stepped "
                 f"{'once per epoch' if self.by_epoch else 'every iteration'} ({self.step_each_epoch} iterations per "
-                f"epoch, {self.epochs} epochs)")
+                f"epoch, {_show(self.epochs)} epochs)")
 
 
 class RateAtIteration:

@@ -1,7 +1,8 @@
 """The PaddleClas task: PaddleClas-format configs (Arch, Global, Loss, Optimizer, DataLoader, AMP) on the engine.
 
 The trainer's model is the whole `Arch` model: a ppcls backbone, or a DistillationModel holding every
-sub-model (frozen ones in eval mode, under no_grad, with stop_gradient parameters). The task's loss is every
+sub-model (frozen ones under no_grad, with stop_gradient parameters, in eval mode unless Arch.frozen_mode: train).
+The optimizer and the learning rate at every iteration are PaddleClas's (optimizer.py, schedule.py). The loss is every
 `Loss.Train` entry on its output (slim/tasks/ppcls/losses.py), so checkpoints, resume, AMP, SIGTERM handling and
 best_model apply to all sub-models at once; evaluation reports the `infer_model_name` model first (its top-1
 chooses best_model) and, in mutual learning, every trained model.
