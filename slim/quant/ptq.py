@@ -12,8 +12,9 @@ KLQuantizer, its default; hist: a percentile of the histogram; abs_max: the larg
 channel (channel_wise_abs_max) or per tensor (abs_max). The calibrated layers become the fake-quant layers QAT
 trains (`QuantizedConv2D`, ... with the scales set), marked with the quant settings they stand for, so the int8
 export is the same as a QAT checkpoint's. Checked on Paddle 3.3.1: quantize, calibration and conversion work;
-ImperativePTQ's own `save_quantized_model` does not (it saves a PIR program, then reads it back as an old-IR
-.pdmodel), hence the shared export.
+ImperativePTQ's own `save_quantized_model` does not (it traces the fake-quant layers into a PIR program, which they
+refuse: `TypeError: The type of '%X' in operator fake_quantize_dequantize_moving_average_abs_max should be one of
+[str, bytes, Variable]`), hence the shared export.
 """
 from dataclasses import dataclass
 from typing import Iterable
