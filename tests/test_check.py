@@ -1,7 +1,8 @@
 """`--check` (slim/engine/check.py, slim/apps/check.py) on tiny real MNIST runs: a healthy pair reports nothing and
 exits 0; an untrained teacher, a teacher config with another normalisation, a term 100x too large, a pair that
 overflows fp16 and a detached student side are each flagged (exit 3) with the fix named; the weight it suggests
-brings the gradient ratio to 1; --check_then_train trains only when nothing is flagged; bad input exits 2."""
+brings the gradient ratio to 1; --check_then_train trains only when nothing is flagged, and then to the weights of a
+run without the check; a PaddleClas DistillationModel is checked; bad input exits 2."""
 import json
 import os
 
@@ -12,6 +13,7 @@ import pytest
 from slim.engine.check_teacher import ConstantClassModel, SampleSubset, class_counts
 from slim.tasks import get_task
 from tests.helpers.cli import run_tool
+from tests.helpers.resume import assert_same_weights
 from tests.helpers.cls_fixtures import NORMALIZE, make_tiny_cls, write_yaml
 
 import yaml
@@ -144,6 +146,10 @@ def test_check_then_train_trains_only_when_nothing_is_flagged(tiny, tmp_path):
     trained = run_tool("distill_train", *common, "--teacher_pretrained", tiny["weights"], "--save_dir", tmp_path / "a")
     assert trained == 0
     assert (tmp_path / "a" / "iter_2" / "model.pdparams").is_file() and (tmp_path / "a" / "check.md").is_file()
+    # the check changed nothing of the run: the same weights as training without it
+    plain = [a for a in common if a != "--check_then_train"]
+    assert run_tool("distill_train", *plain, "--teacher_pretrained", tiny["weights"], "--save_dir", tmp_path / "c") == 0
+    assert_same_weights(tmp_path / "a" / "iter_2", tmp_path / "c" / "iter_2")
     assert run_tool("distill_train", *common, "--allow_untrained_teacher", "--save_dir", tmp_path / "b") == 3
     assert not list((tmp_path / "b").glob("iter_*"))
 
