@@ -8,7 +8,7 @@ import paddle
 import pytest
 
 from slim.distill.distiller import Distiller
-from slim.distill.errors import ConfigError
+from slim.distill.errors import ConfigError, ShapeMismatchError
 from slim.distill.losses import build_loss
 from slim.distill.pairs import parse_pairs
 from slim.apps import launch
@@ -72,10 +72,28 @@ def log_softmax(x, axis=-1):
 
 
 # ----- references --------------------------------------------------------------------------------------
-def cwd_ref(s, t, tau):
+def cwd_ref(s, t, tau, normalize=False, align=None):
+    """ppdet 2.6's CWDFeatureLoss written out: the student through the 1x1 align (weight, bias) when given, each
+    channel standardised over N, H, W when normalize (std ddof 1, + 1e-6), softmax over the positions of each
+    channel at tau, sum of p_t (log(1e-5 + p_t) - log(1e-5 + p_s)) over everything / (student's C * N); no tau^2."""
     n, c = s.shape[:2]
-    ps, pt = log_softmax(s.reshape(n * c, -1) / tau), log_softmax(t.reshape(n * c, -1) / tau)
-    return tau ** 2 * (np.exp(pt) * (pt - ps)).sum() / (n * c)
+    if align is not None:
+        s = np.einsum("oc,nchw->nohw", align[0], s) + align[1].reshape(1, -1, 1, 1)
+    if normalize:
+        s, t = [(x - x.mean(axis=(0, 2, 3), keepdims=True)) / (x.std(axis=(0, 2, 3), ddof=1, keepdims=True) + 1e-6)
+                for x in (s, t)]
+    ps = softmax(s.reshape(-1, s.shape[2] * s.shape[3]) / tau)
+    pt = softmax(t.reshape(-1, t.shape[2] * t.shape[3]) / tau)
+    return (pt * (np.log(1e-5 + pt) - np.log(1e-5 + ps))).sum() / (c * n)
+
+
+def ppdet_cwd(s, t, loss_fn=None, **args):
+    """ppdet's own CWDFeatureLoss(**args) on (s, t), its align convolution set to loss_fn's."""
+    from ppdet.slim.distill_loss import CWDFeatureLoss
+    ref = CWDFeatureLoss(**args)
+    if ref.align is not None:
+        ref.align.set_state_dict(loss_fn.loss.align.state_dict())
+    return float(ref(paddle.to_tensor(s, dtype="float32"), paddle.to_tensor(t, dtype="float32")))
 
 
 def kl_rows(pred, target, T):
@@ -206,6 +224,41 @@ def test_ld_terms_match_numpy(term, T, weight):
     np.testing.assert_allclose(got, want, rtol=1e-4)
 
 
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("tau", [1.0, 2.0])
+@pytest.mark.parametrize("channels", [(6, 6), (4, 6)])
+def test_ppdet_cwd_loss_is_ppdets_cwd_feature_loss(normalize, tau, channels):
+    rng = np.random.RandomState(2)
+    s = (rng.randn(2, channels[0], 5, 4) * 3 + 1).astype("float32")
+    t = (rng.randn(2, channels[1], 5, 4) * 2).astype("float32")
+    loss = build_loss({"type": "PPDetCWDFeatureLoss", "student_channels": channels[0],
+                       "teacher_channels": channels[1], "normalize": normalize, "tau": tau})
+    got = float(loss(paddle.to_tensor(s), paddle.to_tensor(t)))
+    align = None
+    if channels[0] != channels[1]:  # ppdet's 1x1 align convolution, trained with the student here
+        conv = loss.loss.align
+        assert not conv.weight.stop_gradient and list(conv.weight.shape) == [channels[1], channels[0], 1, 1]
+        align = (np_(conv.weight)[:, :, 0, 0], np_(conv.bias))
+    else:
+        assert loss.loss.align is None and not loss.parameters()
+    want = cwd_ref(s.astype(float), t.astype(float), tau, normalize, align)
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+    args = dict(student_channels=channels[0], teacher_channels=channels[1], normalize=normalize, tau=tau)
+    np.testing.assert_allclose(got, ppdet_cwd(s, t, loss, **args), rtol=1e-6)
+
+
+def test_ppdet_cwd_loss_explains_maps_it_cannot_compare():
+    s, t = paddle.ones([2, 4, 5, 4]), paddle.ones([2, 6, 5, 4])
+    with pytest.raises(ShapeMismatchError, match="set student_channels: 4 and teacher_channels: 6"):
+        build_loss({"type": "PPDetCWDFeatureLoss"})(s, t)
+    with pytest.raises(ShapeMismatchError, match="built for student_channels 8 and teacher_channels 6"):
+        build_loss({"type": "PPDetCWDFeatureLoss", "student_channels": 8, "teacher_channels": 6})(s, t)
+    with pytest.raises(ShapeMismatchError, match="equal H, W"):
+        build_loss({"type": "PPDetCWDFeatureLoss"})(s, paddle.ones([2, 4, 4, 4]))
+    with pytest.raises(ConfigError, match="both student_channels and teacher_channels"):
+        build_loss({"type": "PPDetCWDFeatureLoss", "student_channels": 4})
+
+
 # ----- each slim_method: one step against a reference, and the command line ---------------------------------
 def yolo_slim(dets, name, **sections):
     return slim_yaml(dets["root"], name, dets["yolo_teacher"], dets["yolo_weights"], **sections)
@@ -284,13 +337,50 @@ def test_cwd_on_gfl_class_maps_and_necks(dets):
         with paddle.no_grad():
             manual = teacher.head.gfl_head_cls(teacher.head.conv_feat(neck)[0])
         np.testing.assert_allclose(out.teacher_features[name][0].numpy(), manual.numpy(), rtol=1e-5, atol=1e-6)
-    for name in names:
-        want = 5.0 * cwd_ref(np_(out.student_features[name][0]), np_(out.teacher_features[name][0]), 2.0)
-        np.testing.assert_allclose(float(out.losses[name]), want, rtol=1e-3, atol=1e-6)
+    for name in names:  # ppdet's value: weight x CWDFeatureLoss at tau 2, without the paper's tau^2 (4x)
+        s, t = np_(out.student_features[name][0]), np_(out.teacher_features[name][0])
+        got = float(out.losses[name])
+        np.testing.assert_allclose(got, 5.0 * cwd_ref(s, t, 2.0), rtol=5e-4, atol=1e-9)
+        ppdet = ppdet_cwd(s, t, student_channels=1, teacher_channels=1, tau=2.0, weight=5.0)
+        np.testing.assert_allclose(got, ppdet, rtol=1e-5, atol=1e-9)
+    assert float(out.losses["neck_f_0"]) > 1e-4  # a term that is not all zero
+
+    # normalize: true, through the command line: two training iterations
+    norm_file = slim_yaml(dets["root"], "gfl_cwd_norm.yml", dets["teacher"], dets["teacher_weights"],
+                          slim_method="CWD", distill_loss="CWDFeatureLoss", distill_loss_name=["cls_f_0", "cls_f_1",
+                                                                                               "cls_f_2"],
+                          CWDFeatureLoss={"student_channels": 80, "teacher_channels": 80, "normalize": True,
+                                          "tau": 1.0, "weight": 5.0})
+    out, _, _, _ = one_step(dets["student"], norm_file)
+    for name in ("cls_f_1", "neck_f_2"):
+        s, t = np_(out.student_features[name][0]), np_(out.teacher_features[name][0])
+        np.testing.assert_allclose(float(out.losses[name]), 5.0 * cwd_ref(s, t, 1.0, normalize=True), rtol=5e-4)
     save = os.path.join(dets["root"], "run_cwd")
-    assert run_tool("train", "-c", dets["student"], "--slim_config", slim_file, "--iters", 2, "--save_interval", 2,
+    assert run_tool("train", "-c", dets["student"], "--slim_config", norm_file, "--iters", 2, "--save_interval", 2,
                     "--log_iters", 1, "--save_dir", save) == 0
-    assert "cls_f_0: " in read(os.path.join(save, "record.txt"))
+    log = read(os.path.join(save, "record.txt"))
+    assert "CWD (ppdet's CWDFeatureLoss: tau 1, normalize true, weight 5, no tau^2)" in log
+    assert "cls_f_0: " in log and "neck_f_2: " in log and os.path.exists(os.path.join(save, "iter_2"))
+
+
+def test_cwd_on_yolov3_necks_with_align_convolutions_and_gfl_channels_refused(dets, capsys):
+    slim_file = yolo_slim(dets, "yolo_cwd.yml", slim_method="CWD", distill_loss="CWDFeatureLoss",
+                          distill_loss_name=["neck_f_0", "neck_f_1", "neck_f_2"],
+                          CWDFeatureLoss={"student_channels": [16, 8, 8], "teacher_channels": [24, 16, 16],
+                                          "normalize": True, "tau": 2.0, "weight": 3.0})
+    out, _, _, distiller = one_step(dets["yolo_student"], slim_file)
+    for i, (fn, sc, tc) in enumerate(zip(distiller.loss_fns, [16, 8, 8], [24, 16, 16])):
+        name = f"neck_f_{i}"
+        s, t = np_(out.student_features[name][0]), np_(out.teacher_features[name][0])
+        assert s.shape[1] == sc and t.shape[1] == tc  # the loss aligns the channels itself, as ppdet's does
+        ppdet = ppdet_cwd(s, t, fn, student_channels=sc, teacher_channels=tc, normalize=True, tau=2.0, weight=3.0)
+        np.testing.assert_allclose(float(out.losses[name]), ppdet, rtol=1e-5)
+    assert len(distiller.loss_layers) == 3  # the align convolutions train with the student
+    bad = slim_yaml(dets["root"], "gfl_cwd_bad.yml", dets["teacher"], dets["teacher_weights"], slim_method="CWD",
+                    distill_loss="CWDFeatureLoss", distill_loss_name=["cls_f_0"],
+                    CWDFeatureLoss={"student_channels": 16, "teacher_channels": 32})
+    assert run_tool("train", "-c", dets["student"], "--slim_config", bad, "--iters", 1) == 2
+    assert "Set them equal" in capsys.readouterr().err
 
 
 def test_ld_on_gfl_heads(dets):

@@ -18,6 +18,8 @@
   KL_T(p || q) = T^2 * mean_bins softmax(p/T) (log softmax(p/T) - log softmax(q/T)) (ppdet's
   KnowledgeDistillationKLDivLoss: the mean over the bins as in the authors' code), w = the student's max class
   probability at the positive cell, v = the valuable-region weight of Gt2GFLTarget(compute_vlr_region: true).
+- `PPDetCWDFeatureLoss`: ppdet's own CWDFeatureLoss (slim_method CWD), not the paper's tau^2 form of the
+  engine's SegChannelwiseLoss; see the class.
 """
 import paddle
 import paddle.nn as nn
@@ -225,7 +227,70 @@ class PPDetFeatureLoss(nn.Layer):
         self.same_shape = kind == "pkd"
 
     def forward(self, student, teacher):
+        if self.kind == "cwd":
+            self._check_cwd_maps(student, teacher)
         return self.loss(student, teacher.detach()).reshape([])
+
+    def _check_cwd_maps(self, student, teacher):
+        """ppdet's CWDFeatureLoss asserts equal H, W and, without its align convolution, multiplies the two
+        softmaxes elementwise (maps of different channel counts broadcast or fail inside): one clear error."""
+        name = type(self).__name__
+        if student.ndim != 4 or teacher.ndim != 4:
+            raise ShapeMismatchError(f"{name}: ppdet's CWDFeatureLoss takes (N, C, H, W) maps, got student "
+                                     f"{list(student.shape)} and teacher {list(teacher.shape)}.")
+        if list(student.shape[2:]) != list(teacher.shape[2:]):
+            raise ShapeMismatchError(f"{name}: ppdet's CWDFeatureLoss compares maps of equal H, W; the student's "
+                                     f"is {list(student.shape)} and the teacher's {list(teacher.shape)}.")
+        align = self.loss.align
+        s_ch, t_ch = int(student.shape[1]), int(teacher.shape[1])
+        if align is None and s_ch != t_ch:
+            raise ShapeMismatchError(
+                f"{name}: the student map has {s_ch} channels and the teacher's {t_ch}; set student_channels: "
+                f"{s_ch} and teacher_channels: {t_ch} (ppdet's CWDFeatureLoss then maps the student's channels to "
+                f"the teacher's with a 1x1 convolution).")
+        if align is not None and (s_ch, t_ch) != (align.weight.shape[1], align.weight.shape[0]):
+            raise ShapeMismatchError(
+                f"{name} was built for student_channels {align.weight.shape[1]} and teacher_channels "
+                f"{align.weight.shape[0]}, but the maps have {s_ch} and {t_ch} channels; set them to the maps'.")
+
+
+@register_loss()
+class PPDetCWDFeatureLoss(PPDetFeatureLoss):
+    """ppdet 2.6's CWDFeatureLoss itself (the loss of slim_method CWD), with its arguments. On student and
+    teacher maps (N, C_s, H, W), (N, C_t, H, W) of equal H, W:
+
+        s = align(student) if C_s != C_t (a 1x1 convolution, C_s -> C_t), else student
+        s, t = norm(s), norm(teacher)      (normalize: each channel standardised over N, H, W:
+                                            (x - mean) / (std + 1e-6), std with ddof 1; off by default)
+        p_s, p_t = softmax over the H*W positions of each channel of s / tau, t / tau
+        L = sum_{n,c,i} p_t (log(1e-5 + p_t) - log(1e-5 + p_s)) / (C_s * N)
+
+    No tau^2 factor (the engine's SegChannelwiseLoss keeps Shu et al.'s tau^2), 1e-5 inside both logs, and
+    the sum divided by the student's channel count before alignment, all as ppdet computes it. ppdet's
+    `weight` (its loss_weight) is the pair's weight here: it multiplies L the same way.
+
+        - {student: {layer: neck, idx: 0}, teacher: {layer: neck, idx: 0}, weight: 5.0,
+           loss: {type: PPDetCWDFeatureLoss, student_channels: 128, teacher_channels: 256, normalize: true, tau: 1}}
+
+    Without channel counts the maps must have equal channels (no align convolution). The align convolution
+    trains with the student and is saved with it, as in the PPYOLOEDistill feature terms; ppdet builds it but
+    never trains it (its optimizer gets the student's parameters alone), and none of PaddleDetection's CWD
+    configs has one (their channel counts are equal).
+    """
+
+    def __init__(self, student_channels: int = None, teacher_channels: int = None, normalize: bool = False,
+                 tau: float = 1.0):
+        if (student_channels is None) != (teacher_channels is None):
+            raise ValueError(f"give both student_channels and teacher_channels, or neither (equal channels); got "
+                             f"{student_channels} and {teacher_channels}")
+        if float(tau) <= 0:
+            raise ValueError(f"tau must be > 0, got {tau}")
+        channels = (1, 1) if student_channels is None else (int(student_channels), int(teacher_channels))
+        super().__init__("cwd", *channels)
+        # the same object ppdet's CWDFeatureLoss(student_channels, teacher_channels, normalize, tau) builds:
+        # PPDetFeatureLoss made it with DistillPPYOLOELoss's settings (normalize on, tau 1), which are plain
+        # attributes its forward reads
+        self.loss.normalize, self.loss.tau = bool(normalize), float(tau)
 
 
 @register_loss()

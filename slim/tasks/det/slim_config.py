@@ -11,9 +11,12 @@ this package's distillation pairs:
 
     (no slim_method)  distill_loss: DistillYOLOv3Loss {weight: W}: YOLOv3DistillLoss on each YOLOv3 output
                       level (yolo_head.yolo_output.i), weight W (ppdet: W x the sum of the levels)
-    CWD               channel-wise distillation (SegChannelwiseLoss, tau^2-scaled as in Shu et al.) on each
-                      neck level named in distill_loss_name; GFL students also on each level's class-score
-                      map (head.gfl_head_cls), as ppdet's CWDDistillModel does
+    CWD               ppdet's CWDFeatureLoss (PPDetCWDFeatureLoss: no tau^2, 1e-5 inside the logs, `normalize`
+                      and its align convolution as ppdet's; not the engine's tau^2-scaled SegChannelwiseLoss)
+                      on each neck level named in distill_loss_name, weight W of its section; GFL students
+                      also on each level's class-score map (head.gfl_head_cls), as ppdet's CWDDistillModel
+                      does. `distill_loss: ChannelWiseDivergence` (the name in PaddleDetection's CWD configs;
+                      ppdet 2.6 registers only CWDFeatureLoss) reads its section the same way
     FGD               ppdet's FGDFeatureLoss on each neck level named in distill_loss_name, with the
                       batch's ground-truth boxes
     LD                Localization Distillation of GFL: ppdet's LDGFLHead terms loss_ld, loss_ld_vlr, loss_kd
@@ -150,34 +153,63 @@ def yolov3_pairs(raw, path, student_cfg):
 
 
 def cwd_pairs(raw, path, student_cfg, notes):
+    """ppdet's CWDDistillModel as pairs: for the i-th name of distill_loss_name, ppdet's CWDFeatureLoss
+    (PPDetCWDFeatureLoss: no tau^2, 1e-5 inside the logs, `normalize` as ppdet's) on neck level i and, for GFL,
+    on level i's class-score map too (ppdet calls the same loss on both and names the neck term neck_f_i). The
+    section's `weight` multiplies each term, as ppdet's loss_weight does."""
     loss = raw.get("distill_loss")
     if loss not in CWD_LOSSES:
         raise ConfigError(f"{path}: slim_method CWD needs `distill_loss:` {' or '.join(CWD_LOSSES)} (got {loss!r}).")
     sec = _section(raw, loss, path)
-    if sec.get("normalize"):
-        raise ConfigError(f"{path}: {loss} with normalize: true is not supported; remove `normalize` (ppdet's "
-                          f"CWD configs leave it false).")
-    tau, weight = float(sec.get("tau", 1.0)), float(sec.get("weight", 1.0))
+    allowed = ("student_channels", "teacher_channels", "normalize", "tau", "weight")
+    unknown = sorted(set(sec) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{path}: {loss} has no argument(s) {unknown}; ppdet's CWDFeatureLoss takes "
+                          f"{', '.join(allowed)}.")
+    tau, weight, normalize = float(sec.get("tau", 1.0)), float(sec.get("weight", 1.0)), sec.get("normalize", False)
+    if tau <= 0:
+        raise ConfigError(f"{path}: {loss}.tau must be > 0 (got {tau:g}).")
+    if not isinstance(normalize, bool):
+        raise ConfigError(f"{path}: {loss}.normalize must be true or false (got {normalize!r}).")
     names = _loss_names(raw, path, "CWD")
-    s_ch, t_ch = sec.get("student_channels"), sec.get("teacher_channels")
-    align = {"type": "1x1conv"} if s_ch is not None and t_ch is not None and s_ch != t_ch else None
-    loss_cfg = {"type": "SegChannelwiseLoss", "tau": tau}
+    loss_cfg = [{"type": "PPDetCWDFeatureLoss", "normalize": normalize, "tau": tau} for _ in names]
+    if (sec.get("student_channels") is None) != (sec.get("teacher_channels") is None):
+        raise ConfigError(f"{path}: {loss} needs both student_channels and teacher_channels (or neither, for "
+                          f"maps of equal channels).")
+    differ = False
+    if sec.get("student_channels") is not None:
+        s_ch = _per_level(sec["student_channels"], len(names), f"{path}: {loss}.student_channels")
+        t_ch = _per_level(sec["teacher_channels"], len(names), f"{path}: {loss}.teacher_channels")
+        differ = s_ch != t_ch
+        for cfg, s, t in zip(loss_cfg, s_ch, t_ch):
+            cfg.update(student_channels=s, teacher_channels=t)
     arch = student_cfg.get("architecture")
+    what = (f"CWD (ppdet's CWDFeatureLoss: tau {tau:g}, normalize {str(normalize).lower()}, weight {weight:g}, "
+            f"no tau^2)")
+    if differ:
+        what += (f", student channels {s_ch} to the teacher's {t_ch} by a 1x1 align convolution (trained with "
+                 f"the student; ppdet leaves it untrained)")
     pairs = []
     if arch == "GFL":  # ppdet: CWD on each level's class-score map and on the neck level itself
+        if differ:
+            raise ConfigError(
+                f"{path}: for GFL, ppdet's CWDDistillModel applies each level's CWDFeatureLoss, with its align "
+                f"convolution from student_channels to teacher_channels, to the class-score map (num_classes "
+                f"channels in both models) and to the neck output; with student_channels {s_ch} != "
+                f"teacher_channels {t_ch} one of the two fails in ppdet. Set them equal (PaddleDetection's GFL "
+                f"CWD config uses 80 and 80) and give both models the same neck channels.")
         for i, name in enumerate(names):
             ref = {"layer": "head.gfl_head_cls", "call": i}
-            pairs.append({"name": name, "student": ref, "teacher": ref, "loss": loss_cfg, "weight": weight})
+            pairs.append({"name": name, "student": ref, "teacher": ref, "loss": loss_cfg[i], "weight": weight})
         for i in range(len(names)):
-            pairs.append({"name": f"neck_f_{i}", "student": _neck(i), "teacher": _neck(i), "loss": loss_cfg,
-                          "weight": weight, "align": align})
-        notes.append(f"CWD (tau {tau:g}, weight {weight:g}): class-score maps and neck outputs of levels "
-                     f"0..{len(names) - 1}")
+            pairs.append({"name": f"neck_f_{i}", "student": _neck(i), "teacher": _neck(i), "loss": loss_cfg[i],
+                          "weight": weight})
+        notes.append(f"{what}: class-score maps and neck outputs of levels 0..{len(names) - 1}")
     else:
         for i, name in enumerate(names):
-            pairs.append({"name": name, "student": _neck(i), "teacher": _neck(i), "loss": loss_cfg,
-                          "weight": weight, "align": align})
-        notes.append(f"CWD (tau {tau:g}, weight {weight:g}): neck outputs of levels 0..{len(names) - 1}")
+            pairs.append({"name": name, "student": _neck(i), "teacher": _neck(i), "loss": loss_cfg[i],
+                          "weight": weight})
+        notes.append(f"{what}: neck outputs of levels 0..{len(names) - 1}")
     return pairs
 
 
