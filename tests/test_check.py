@@ -2,7 +2,7 @@
 exits 0; an untrained teacher, a teacher config with another normalisation, a term 100x too large, a pair that
 overflows fp16 and a detached student side are each flagged (exit 3) with the fix named; the weight it suggests
 brings the gradient ratio to 1; --check_then_train trains only when nothing is flagged, and then to the weights of a
-run without the check; a PaddleClas DistillationModel is checked; bad input exits 2."""
+run without the check; a PaddleClas DistillationModel and a ppdet --slim_config run are checked; bad input exits 2."""
 import json
 import os
 
@@ -212,3 +212,30 @@ def test_paddleclas_distillation_model_is_checked(tmp_path):
     pair, = report["pairs"]
     assert pair["name"] == "loss_dkd_Student_Teacher" and pair["student_trains"]
     assert pair["student"] == "Student [8, 10]" and pair["teacher"] == "Teacher [8, 10]"
+
+
+def test_detection_slim_config_is_checked(tmp_path):
+    """ppdet's --slim_config: the teacher is evaluated with its full eval forward (mAP; an untrained one finds
+    nothing), the YOLOv3 loss terms are the task loss, and a term too heavy names the slim config's section."""
+    from slim.apps import launch
+    from tests.helpers.det_fixtures import make_tiny_det, model_config
+    from tests.helpers.det_slim_fixtures import save_random_weights, slim_yaml
+    root = str(tmp_path)
+    yolo = make_tiny_det(root)
+    student = write_yaml(os.path.join(root, "student.yml"), dict(model_config([16, 8, 8], scale=0.25),
+                                                                _BASE_=["_base_/tiny_trees.yml"]))
+    task, cfg = launch.load_task_config(yolo["teacher"])
+    weights = save_random_weights(task, cfg, os.path.join(root, "teacher.pdparams"))
+    slim = slim_yaml(root, "slim.yml", yolo["teacher"], weights, distill_loss="DistillYOLOv3Loss",
+                     DistillYOLOv3Loss={"weight": 1.0e6})
+    code = run_tool("train", "-c", student, "--slim_config", slim, "--check", "--save_dir", tmp_path / "run",
+                    "--seed", 0)
+    report = json.loads((tmp_path / "run" / "check.json").read_text())
+    assert code == 3
+    assert report["teacher"]["chance"] is None and report["teacher"]["scores"][0]["mAP"] < 0.1
+    assert any("a model that predicts nothing" in f["message"] for f in flagged(report, "teacher"))
+    kinds = {t["term"]: t["kind"] for t in report["balance"]["terms"]}
+    assert kinds["loss_xy"] == "task" and kinds["distill_yolov3_0"] == "distillation"
+    heavy = [f for f in flagged(report, "balance") if f["message"].startswith("distill_yolov3_")]
+    assert heavy and all(f"DistillYOLOv3Loss.weight in {slim}" in f["fix"] for f in heavy)
+    assert [r["name"] for r in report["pairs"]] == ["distill_yolov3_0", "distill_yolov3_1", "distill_yolov3_2"]
