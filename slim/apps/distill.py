@@ -59,7 +59,8 @@ def distill_pairs(task, cfg, teacher_cfg=None, extra=(), notes=None, default=Non
     `default()` -> (pairs, why) when given, else the task's default pairs for this teacher, if any."""
     from slim.distill import distill_config
     pairs = logit_pairs(cfg.get("distill_loss"), task.logits_ref(cfg))
-    pairs += distill_token_pairs(cfg.get("distill_token"), task.logits_ref(cfg))  # DeiT's distillation head
+    # DeiT's distillation head against the teacher's logits, where the teacher's config has them
+    pairs += distill_token_pairs(cfg.get("distill_token"), task.logits_ref(cfg if teacher_cfg is None else teacher_cfg))
     pairs += parse_pairs(cfg.get("distill") or [])
     pairs += parse_pairs(distill_config.prepare_distill_config() or [])
     slim_pairs = parse_pairs(list(extra))

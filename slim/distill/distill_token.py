@@ -12,9 +12,10 @@ distillation head learns the teacher; evaluation averages the two heads.
 (1 - alpha) CE + alpha token, alpha 0.5: equal weights, as the defaults here (or coef 0.5 and weight 0.5).
 The soft term is averaged over samples (KLLoss); DeiT's code divides its summed KL by N x classes instead.
 `head` names the student's distillation classifier (PaddleClas's DeiT and this package's `DeiT` model:
-`head_dist`). The teacher side is its logits, read where the task reads logits (`logits_ref`).
+`head_dist`). The teacher side is its logits, read where the task reads the teacher's (`logits_ref` of the teacher's
+config: the same name for a DeiT, ViT or CNN student of one teacher, so they share one teacher-output cache).
 
-    pairs = distill_token_pairs(cfg.get("distill_token"), task.logits_ref(cfg))
+    pairs = distill_token_pairs(student_cfg.get("distill_token"), task.logits_ref(teacher_cfg))
 """
 from typing import List
 
