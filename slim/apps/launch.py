@@ -205,7 +205,8 @@ def teacher_source(task, teacher_cfg, weights=None, allow_untrained=False, log=p
     """The teacher of a run with a teacher-output cache: its fingerprint now (the weights file hashed, fetched
     once when named by URL), the model built only when the trainer needs it (an entry is missing), then
     prepared with the student as usual. Built at once when the task changes the student from the teacher."""
-    from slim.engine.teacher_cache import TeacherSource, file_part, part
+    from slim.engine.teacher import TeacherSource
+    from slim.engine.teacher_cache import file_part, part
     key = key or ("--teacher_pretrained" if weights else task.pretrained_key)
     path = weights or task.pretrained_path(teacher_cfg)
     with task.logging_to(log):
@@ -263,7 +264,9 @@ def run_folder_name(task, cfg, teacher_cfg=None, pairs=()):
             name += f"-T{_fmt_number(t)}" if t is not None else ""
             if name not in losses:
                 losses.append(name)
-        models = f"{task.run_name(teacher_cfg)}-{student}-{'+'.join(losses) or 'distill'}"
+        teacher_cfgs = teacher_cfg if isinstance(teacher_cfg, (list, tuple)) else [teacher_cfg]  # several teachers
+        teacher = "+".join(task.run_name(c) for c in teacher_cfgs)
+        models = f"{teacher}-{student}-{'+'.join(losses) or 'distill'}"
         if cfg.get("head_from_teacher"):
             models += "-head_fixed"
     else:

@@ -186,7 +186,8 @@ def step_memory(trainer, batch):
     student and teacher forward, task and distillation losses, backward); and the meter. Nothing of the run
     changes (_Untouched). Under several processes every process must call it: the backward all-reduces
     gradients as in training."""
-    task, distiller, teacher = trainer.task, trainer.distiller, trainer.teacher
+    task, distiller = trainer.task, trainer.distiller
+    teachers = trainer.teacher_source.models() if trainer.teacher_source is not None else []
     args, kwargs = task.model_inputs(batch, "train")
     student, model = unwrap(trainer.student), trainer.model
     extra = distiller.named_extra_parameters() if distiller is not None else []
@@ -197,10 +198,12 @@ def step_memory(trainer, batch):
         model.train()
         return trainer.task_loss(model(*args, **kwargs), batch)
 
-    def teacher_forward():
-        teacher.eval()
-        with paddle.no_grad():
-            return teacher(*args, **kwargs)
+    def teacher_forward(teacher):
+        def forward():
+            teacher.eval()
+            with paddle.no_grad():
+                return teacher(*args, **kwargs)
+        return forward
 
     def distill_forward():
         distiller.train()
@@ -210,12 +213,12 @@ def step_memory(trainer, batch):
         return terms
 
     steps = [("student", student_forward, _backward)]
-    if teacher is not None:
-        steps.append(("teacher", teacher_forward, None))
+    for name, teacher in teachers:
+        steps.append(("teacher" if len(teachers) == 1 else f"teacher {name}", teacher_forward(teacher), None))
     if distiller is not None:
         steps.append(("distillation", distill_forward, _backward))
     meter, results = MemoryMeter(), []
-    with _Untouched(layers, params, frozen=[teacher]):
+    with _Untouched(layers, params, frozen=[t for _, t in teachers]):
         # A warm-up step, not measured, makes what stays allocated in training: gradients, DataParallel's
         # buffers, kernels' caches. Each measured step then starts as a step of training does.
         warm_forward = distill_forward if distiller is not None else student_forward
@@ -253,8 +256,9 @@ def describe_step_memory(trainer, batch_size):
         return f"step memory not measured: no memory statistics on {paddle.device.get_device()}"
     parts = []
     for name, used in results:
-        kept = "" if used["kept"] is None or name == "teacher" else f"activations {used['kept'] / MiB:.1f}, "
-        parts.append(f"{STEP_LABELS[name]}: {kept}peak {used['peak'] / MiB:.1f}")
+        kept = "" if used["kept"] is None or name.startswith("teacher") else f"activations {used['kept'] / MiB:.1f}, "
+        label = STEP_LABELS.get(name) or f"{STEP_LABELS['teacher']} of {name[len('teacher '):]}"
+        parts.append(f"{label}: {kept}peak {used['peak'] / MiB:.1f}")
     grads = sum(int(p.size) * p.element_size() for p in unwrap(trainer.student).parameters() if not p.stop_gradient)
     return (f"step memory, batch {batch_size} per process, MiB allocated above the weights and gradients "
             f"({meter.name}; activations: held at the end of the forward, for the backward; peak: the most at "

@@ -701,15 +701,6 @@ def describe_report(root, report, repaired=False):
     return lines
 
 
-class TeacherSource:
-    """A teacher for a run with a teacher-output cache: `build(log)` makes the frozen model with its weights
-    (called on first need only, or never when every entry is cached), `parts` its fingerprint components
-    ("teacher weights", "teacher model"). `model`: the teacher when it is already built."""
-
-    def __init__(self, build, parts, model=None):
-        self.build, self.parts, self.model = build, OrderedDict(parts), model
-
-
 def layer_parts(model):
     """Fingerprint components of an already built teacher: its weights' bytes and its layers. `model` may be
     a dict {name: Layer} of several frozen models (their keys prefixed by the name)."""

@@ -27,26 +27,22 @@ without saving. Under `paddle.distributed.launch` every process stops at the sam
 agree at the next log step (every `log_iters` iterations), where the losses are read anyway. During the
 set-up (before the first batch is loaded) signals act as usual: there is nothing to save yet.
 
-Teacher-output cache (`teacher_cache`, teacher_cache.py): the teacher tensors of each training sample are
-read from disk when cached, else computed by the teacher (built on first need, with the random state put
-back afterwards so that training draws the same numbers either way), written, and read back: the run that
-fills the cache trains on the stored values (float16, top-k) as later runs will. Samples are keyed by
-(epoch, index) and their augmentation seeded by `data_seed` (default: `seed`), apart from the seed of the
-student's initialisation and training.
+The teacher (teacher.py) is one object whatever it is: none, live teachers through the Distiller, their
+tensors read from a teacher-output cache (teacher_cache.py: samples keyed by (epoch, index), augmentation
+seeded by `data_seed`, default `seed`, apart from the student's seed), or a model's own frozen teachers;
+each step asks it for the student's output and the distillation terms.
 """
 import json
 import math
 import os
 import signal
-import threading
 import time
 from collections import OrderedDict
 
 import paddle
 
-from slim.distill import Distiller
 from slim.distill.adaptor import unwrap
-from slim.distill.errors import ConfigError, NonFiniteLossError, SlimError
+from slim.distill.errors import ConfigError, NonFiniteLossError
 from slim.distill.precision import float32, float32_losses
 from . import env
 from .amp import MAX_SKIPPED_STEPS, Precision, as_dict, build_scaler, decorate_for_o2, train_step
@@ -57,80 +53,13 @@ from .checkpoint import (MODEL_FILE, apply_state, check_save_dir_usable, find_la
 from .data import BatchStream
 from .ema import ModelEMA, ema_settings
 from .hooks import CheckpointHook, EvalHook, LoggerHook, LossWeightHook, VisualDLHook
-from .storage import writing
 from .optim import build_lr_scheduler, build_optimizer
-from .teacher_cache import TeacherCache, TeacherSource, layer_parts, part
+from .signals import StopRequested, StopSignals
+from .storage import writing
+from .teacher import CacheOptions, Setup, describe_teachers, make_teacher
 
 
 AUTO_RESUME = "auto"
-STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
-
-
-class StopRequested(KeyboardInterrupt):
-    """The run stopped because a signal asked it to, after saving a resumable checkpoint.
-
-    `exit_code` is 128 + the signal's number (SIGTERM: 143, SIGINT: 130), the status a shell reports for a
-    process ended by that signal; str() is the logged line saying where the run stopped and how to go on."""
-
-    def __init__(self, message, signum):
-        super().__init__(message)
-        self.signum = int(signum)
-        self.exit_code = 128 + self.signum
-
-
-class StopSignals:
-    """Once installed, SIGTERM, SIGUSR1 and a first SIGINT only record a request to stop (`signum`); the
-    trainer looks at it between steps. A SIGINT after a request interrupts at once (KeyboardInterrupt), as
-    Python does by default. Installed only from the main thread, never over a signal that is ignored
-    (SIG_IGN, e.g. SIGINT of a background job); restore() puts the previous handlers back.
-
-    Data-loading worker processes forked after install() inherit the handlers and ignore SIGINT and SIGUSR1
-    (a Ctrl-C reaches the whole process group): the main process finishes its step and they end with it.
-    They ignore SIGTERM too (data.py sets it in each worker, over Paddle's own handler), so a SIGTERM sent to
-    the whole group stops the run the same way."""
-
-    def __init__(self):
-        self.signum = 0  # the first signal received; 0: none
-        self.forced = False  # a second SIGINT interrupted at once
-        self._previous = {}
-        self._pid = None
-
-    def __enter__(self):
-        return self.install()
-
-    def __exit__(self, *exc):
-        self.restore()
-        return False
-
-    def install(self):
-        if self._previous or threading.current_thread() is not threading.main_thread():
-            return self
-        self._pid = os.getpid()
-        for name in STOP_SIGNALS:
-            sig = getattr(signal, name, None)
-            if sig is None:
-                continue
-            previous = signal.getsignal(sig)
-            if previous is signal.SIG_IGN or previous is None:  # ignored on purpose, or set outside Python
-                continue
-            signal.signal(sig, self._handle)
-            self._previous[sig] = previous
-        return self
-
-    def restore(self):
-        previous, self._previous = self._previous, {}
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum, frame):
-        # Only record: no I/O here (the step, or a checkpoint being written, goes on undisturbed).
-        if os.getpid() != self._pid:
-            return  # a forked data-loading worker: the main process decides
-        if self.signum and signum == signal.SIGINT:
-            self.forced = True
-            raise KeyboardInterrupt
-        if not self.signum:
-            self.signum = signum
 
 
 class TrainOptions:
@@ -191,10 +120,9 @@ class Trainer:
         self.options = options or TrainOptions()
         self.save_dir = self.options.save_dir
         self.student = student
-        # a built teacher, or a TeacherSource (built on first need; runs with a teacher cache)
-        self.teacher_source = teacher if isinstance(teacher, TeacherSource) else None
-        self.teacher = teacher.model if isinstance(teacher, TeacherSource) else teacher
-        self.cache = None
+        # a model, a TeacherSource (built on first need) or a dict of them (several teachers); at set-up it
+        # becomes the run's one teacher object (teacher.py), `teacher_source`
+        self._teacher, self.teacher_source = teacher, None
         self.pairs, self.adaptors = list(pairs), adaptors
         self.extra_hooks = list(hooks or [])
         self.task_loss = task_loss or task.build_task_loss(cfg)
@@ -249,84 +177,83 @@ class Trainer:
     def current_lr(self):
         return float(self.optimizer.get_lr())
 
-    # ----- set-up -----------------------------------------------------------------------------------
+    @property
+    def distiller(self):
+        """The Distiller when separate teachers are compared with the student, else None."""
+        return self.teacher_source.distiller if self.teacher_source is not None else None
+
+    @property
+    def teacher(self):
+        """The teacher model built so far (None when there is none or it is not built), {name: model} of
+        several."""
+        models = self.teacher_source.models() if self.teacher_source is not None else []
+        return models[0][1] if len(models) == 1 else (OrderedDict(models) if models else None)
+
+    # ----- set-up: the steps in the order they must happen ---------------------------------------------------
     def _setup(self):
+        self._open_run()  # the process group; --save_dir (another run's refused or set aside); the log; seeds
+        self._build_data()  # the training stream (order and augmentation from the data seed), val set, example
+        self._build_models()  # precision, teachers, O2 casts before DataParallel wraps the student; the teacher
+        self._build_optimizer()  # schedule, optimizer (student, connectors, trainable losses), loss scale, EMA
+        self._restore()  # resume: needs the optimizer and connectors; may move the schedule
+        self._start()  # signal handlers before the loader forks; the stream at the resumed iteration; cache plan
+
+    def _open_run(self):
         opts = self.options
-        world = self.world = env.init_distributed()
+        self.world = env.init_distributed()
         set_aside = check_save_dir_is_free(self.save_dir, opts.resume_model, getattr(opts, "overwrite", False),
                                            opts.log_file)
         if env.is_main_process():
             os.makedirs(self.save_dir, exist_ok=True)
             self._log_file = open(os.path.join(self.save_dir, opts.log_file), "a")
-        for line in set_aside:
+        for line in set_aside + self._notes:
             self.log(line)
-        for note in self._notes:
-            self.log(note)
         env.seed_everything(opts.seed)
 
+    def _build_data(self):
+        opts = self.options
         self.settings = self.task.training_settings(self.cfg)
-        train_set = self.task.build_dataset(self.cfg, "train")
-        batch_size = int(self.settings.get("batch_size") or 1)
+        self.train_set = self.task.build_dataset(self.cfg, "train")
+        self.batch_size = int(self.settings.get("batch_size") or 1)
         data_seed = getattr(opts, "data_seed", None)
         self.data_seed = (opts.seed or 0) if data_seed is None else int(data_seed)
-        self.stream = BatchStream(train_set, batch_size, self.task.collate_fn("train"), opts.num_workers,
-                                  seed=self.data_seed, rank=env.rank(), world_size=world,
+        self.stream = BatchStream(self.train_set, self.batch_size, self.task.collate_fn("train"), opts.num_workers,
+                                  seed=self.data_seed, rank=env.rank(), world_size=self.world,
                                   shuffle=bool(self.settings.get("shuffle", True)),
                                   drop_last=bool(self.settings.get("drop_last", True)))
         self.iters_per_epoch = self.stream.iters_per_epoch
         self.max_iters = self._total_iters()
         self.val_set = self.task.build_dataset(self.cfg, "val") if opts.do_eval else None
+        self.example = self.stream.collate_fn([self.stream.dataset[(0, 0)]]) if self.stream.collate_fn else None
 
-        example = self.stream.collate_fn([self.stream.dataset[(0, 0)]]) if self.stream.collate_fn else None
-        args, kwargs = self.task.model_inputs(example, "train") if example is not None else ((), {})
+    def _build_models(self):
+        opts = self.options
         self.precision = Precision(getattr(opts, "precision", "fp32"), getattr(opts, "amp_level", "O1"))
-        if self.teacher_source is not None and self.teacher is None and not getattr(opts, "teacher_cache", None):
-            self.teacher = self._build_teacher()  # no cache: the teacher runs every step
-
-        self.log(describe_model("student", self.student, args, kwargs))
-        if self.teacher is not None:
-            self.log(describe_model("teacher", self.teacher, args, kwargs))
-
+        cache = getattr(opts, "teacher_cache", None)
+        cache = CacheOptions(cache, opts.teacher_cache_dtype, opts.teacher_cache_topk, opts.teacher_cache_rebuild,
+                             getattr(opts, "teacher_cache_repair", False)) if cache else None
+        teacher = make_teacher(self.task, self.student, self._teacher, self.pairs, self.adaptors, cache)
+        teacher.build_now(self.log, self.precision)  # without a cache the teachers run every step: build them
+        setup = Setup(self.task, self.cfg, self.log, self.precision, self.train_set, self.batch_size, self.world,
+                      self.data_seed, self.example)
+        self.log(describe_model("student", self.student, setup.args, setup.kwargs))
+        describe_teachers(teacher, self.log, setup.args, setup.kwargs)
         self.log(self.precision.describe())
-        decorate_for_o2(self.precision, unwrap(self.student), self.teacher)  # before DataParallel wraps it
-        model = paddle.DataParallel(self.student) if world > 1 else self.student
-        self.model = model
-        self.distiller = None
-        self.teacher_runner = None  # what the teacher cache asks for teacher tensors: the distiller, or the model's
-        if self.teacher is not None or self.teacher_source is not None:
-            # finiteness is checked by the trainer at log steps (no host sync per step)
-            self.distiller = Distiller(model, self.teacher, self.pairs, *self.adaptors, check_finite=False,
-                                       teacher_factory=self._build_teacher)
-            self.teacher_runner = self.distiller
-            example_feats = None
-            if getattr(opts, "teacher_cache", None):
-                example_feats = self._open_cache(train_set, batch_size, world, example, args, kwargs)
-            if example is not None:
-                self.distiller.build(*args, label=self.task.distill_label(example), teacher_features=example_feats,
-                                     **kwargs)
-            for pair in self.distiller.pairs:
-                self.log(f"distill {pair.describe()}, weight {pair.weight}")
-        elif self.pairs:
-            raise ConfigError("Distillation pairs were given but no teacher: pass a teacher config.")
-        elif getattr(opts, "teacher_cache", None):
-            # a model that runs its frozen teacher itself (the task's inner_teacher) reads the cached tensors
-            self.teacher_runner = self.task.inner_teacher(unwrap(self.student))
-            if self.teacher_runner is None:
-                raise ConfigError("--teacher_cache stores a frozen teacher's outputs, but this run has no frozen "
-                                  "teacher: give a teacher config (-t), or drop --teacher_cache.")
-            self._open_cache(train_set, batch_size, world, example, args, kwargs)
+        decorate_for_o2(self.precision, unwrap(self.student), *[m for _, m in teacher.models()])
+        self.model = teacher.model = paddle.DataParallel(self.student) if self.world > 1 else self.student
+        teacher.prepare(setup)
+        self.teacher_source = teacher
         if getattr(opts, "analyse", False):  # every process measures (the step's backward all-reduces)
-            if self.distiller is not None and not self.distiller.teacher_built:
-                self.distiller.ensure_teacher()  # measured too, although the cache may spare running it
-            self.log(describe_step_memory(self, batch_size))
+            if self.distiller is not None:
+                teacher.ensure_built()  # measured too, although the cache may spare running it
+            self.log(describe_step_memory(self, self.batch_size))
 
-        lr_scale, warmup_scale = self._batch_scaling(batch_size * world)
+    def _build_optimizer(self):
+        lr_scale, warmup_scale = self._batch_scaling(self.batch_size * self.world)
         self.lr = build_lr_scheduler(self.settings, self.max_iters, self.iters_per_epoch, lr_scale, warmup_scale)
-        named = [(n, p) for n, p in unwrap(self.student).named_parameters()]
-        if self.distiller is not None:
-            named += self.distiller.named_extra_parameters()  # connectors, trainable loss layers
-        self.named_params = named
-        self.optimizer = build_optimizer(self.settings, named, self.lr,
+        self.named_params = [(n, p) for n, p in unwrap(self.student).named_parameters()]
+        self.named_params += self.teacher_source.named_parameters()  # connectors, trainable loss layers
+        self.optimizer = build_optimizer(self.settings, self.named_params, self.lr,
                                          multi_precision=self.precision.enabled and self.precision.level == "O2")
         self.scaler = build_scaler(self.precision)
         ema = ema_settings(self.settings.get("ema"))
@@ -334,21 +261,23 @@ class Trainer:
         if self.ema is not None:
             self.log(f"weights averaged over training (EMA, decay {ema['decay']}, {ema['type']}): evaluation and "
                      f"model.pdparams use the average")
-        total = sum(int(p.size) for _, p in named if not p.stop_gradient)
+        total = sum(int(p.size) for _, p in self.named_params if not p.stop_gradient)
         self.log(f"training {total:,} parameters for {self.max_iters} iterations "
-                 f"({self.iters_per_epoch} per epoch, batch {batch_size} x {world} process(es))")
+                 f"({self.iters_per_epoch} per epoch, batch {self.batch_size} x {self.world} process(es))")
 
-        resume, ckpt = opts.resume_model, None
+    def _restore(self):
+        resume, ckpt = self.options.resume_model, None
         if isinstance(resume, str) and resume.lower() == AUTO_RESUME:
             resume, ckpt = self._find_resumable()
         if resume:
             self._resume(resume, ckpt)
+
+    def _start(self):
+        opts = self.options
         self.stop_signals.install()  # before the data loader forks its workers (see StopSignals)
         self.stream.start_at(self.iter)
         self.epoch = self.stream.epoch
-        if self.cache is not None:
-            self.cache.plan(self._cache_visits(batch_size * world))
-
+        self.teacher_source.plan(self._visits(self.batch_size * self.world), self.log)
         # LossWeightHook first: a scheduled loss weight (weight_schedule) is set before anything else of a step
         self.hooks = [LossWeightHook(), LoggerHook(opts.log_iters),
                       CheckpointHook(opts.save_interval, opts.keep_checkpoint_max)]
@@ -358,124 +287,16 @@ class Trainer:
             self.hooks.insert(0, VisualDLHook())
         self.hooks += self.extra_hooks
 
-    # ----- the teacher and its cache -------------------------------------------------------------
-    def _build_teacher(self):
-        """Build the teacher of a TeacherSource, leaving every random state as it was (a run that reads the
-        teacher's outputs from the cache builds no teacher and must draw the same numbers)."""
-        if self.teacher_source is None:
-            raise ConfigError("No teacher to build.")
-        state = env.rng_state()
-        try:
-            teacher = self.teacher_source.build(self.log)
-        finally:
-            env.set_rng_state(state)
-        if getattr(self, "distiller", None) is not None:  # built after set-up cast the models (O2): cast it too
-            decorate_for_o2(self.precision, teacher)
-        self.teacher = self.teacher_source.model = teacher
-        return teacher
-
-    def _cache_parts(self, train_set, batch_size, world):
-        """The fingerprint of this run's teacher tensors (teacher_cache.py): what determines every entry."""
-        from .data import sample_files
-        parts = OrderedDict()
-        if self.teacher_source is not None:
-            parts.update(self.teacher_source.parts)
-        elif self.distiller is None:
-            parts.update(self.teacher_runner.teacher_parts())
-        else:
-            parts.update(layer_parts(self.teacher))
-        files = []
-        for i in range(len(train_set)):
-            for f in sample_files(train_set, i):
-                files.append([f, os.path.getsize(f) if os.path.isfile(f) else None])
-        parts["training data"] = part(f"{len(train_set)} samples, their files and the train data config",
-                                      {"config": self.task.data_config(self.cfg), "files": files,
-                                       "samples": len(train_set)})
-        parts["data seed"] = part(f"--data_seed {self.data_seed}")
-        parts["batches"] = part(f"{batch_size} samples per process x {world} process(es)")
-        names = self.teacher_runner.teacher_tensor_names()
-        parts["teacher tensors"] = part(", ".join(names))
-        parts["teacher precision"] = part(f"{self.precision.name} {self.precision.level}")
-        return parts
-
-    def _open_cache(self, train_set, batch_size, world, example, args, kwargs):
-        """Open (or start) the teacher cache; returns teacher tensors for the example batch when the
-        distiller needs them to size its connectors and the teacher is not built."""
-        opts = self.options
-        self.cache = TeacherCache(opts.teacher_cache, self._cache_parts(train_set, batch_size, world),
-                                  opts.teacher_cache_dtype, opts.teacher_cache_topk, opts.teacher_cache_rebuild,
-                                  log=self.log)
-        known = self.cache.open(len(train_set))
-        if not known:  # a new cache: the teacher's tensors on one sample give their shapes
-            if example is None:
-                raise ConfigError("--teacher_cache needs a collated example batch to size its entries.")
-            with self.precision.autocast():
-                feats = self.teacher_runner.teacher_features(*args, **kwargs)
-            self.cache.create(self.cache.tensor_layout(self._host_arrays(feats)))
-            self.log(f"teacher cache {self.cache.root}: new, for {', '.join(self.cache.layout)}")
-            return None
-        self.log(f"teacher cache {self.cache.root}: its fingerprint matches this run; cached entries are read "
-                 f"and the teacher runs only for the others")
-        if getattr(opts, "teacher_cache_repair", False) and env.is_main_process():
-            self.cache.repair()  # damaged entries marked missing: this run's teacher refills them
-        env.barrier()
-        if self.distiller is None or self.distiller.teacher_built or not self.distiller.needs_build:
-            return None
-        arrays = self.cache.first_entry()
-        return self._device_tensors(arrays) if arrays is not None else None
-
-    def _cache_visits(self, total_batch):
+    def _visits(self, total_batch):
         """{epoch: samples read in it} for the iterations this run still has to train."""
         visits = OrderedDict()
-        ipe = self.iters_per_epoch
         it = self.iter
         while it < self.max_iters:
-            epoch = it // ipe
-            end = min((epoch + 1) * ipe, self.max_iters)
+            epoch = it // self.iters_per_epoch
+            end = min((epoch + 1) * self.iters_per_epoch, self.max_iters)
             visits[epoch] = (end - it) * total_batch
             it = end
         return visits
-
-    @staticmethod
-    def _host_arrays(feats):
-        out = OrderedDict()
-        for name, t in feats.items():
-            if t.dtype not in (paddle.float16, paddle.float32):
-                t = t.astype("float32")
-            out[name] = t.numpy()
-        return out
-
-    @staticmethod
-    def _device_tensors(arrays):
-        return OrderedDict((n, paddle.to_tensor(a).astype("float32")) for n, a in arrays.items())
-
-    def _teacher_features(self, args, kwargs):
-        """The teacher tensors of this batch from the cache, or from the teacher (then written); None
-        without a cache (the distiller runs the teacher)."""
-        if self.cache is None:
-            return None
-        keys = self.stream.last_keys
-        arrays = self.cache.lookup(keys)
-        if arrays is not None:
-            return self._device_tensors(arrays)
-        if self.distiller is not None and not self.distiller.teacher_built:
-            if self.iter > self.start_iter or self.cache.read_samples:
-                self.log(f"teacher cache: entries missing from iteration {self.iter + 1}: building the teacher "
-                         f"to compute and store them")
-            try:
-                self.distiller.ensure_teacher()
-            except (SlimError, OSError) as e:
-                if self.cache.last_damage is None:
-                    raise
-                raise ConfigError(
-                    f"Damaged teacher-cache entries ({self.cache.last_damage}) must be recomputed by the teacher, "
-                    f"which cannot be built here ({e}). Refill the cache where the teacher's weights are "
-                    f"(--teacher_cache_rebuild), or copy it again and check the copy with `slim-cache verify "
-                    f"{self.cache.root}`.") from None
-        feats = self.teacher_runner.teacher_features(*args, **kwargs)
-        self.cache.store(keys, self._host_arrays(feats))
-        # train on what was stored (float16, top-k), as every later run reading these entries will
-        return self._device_tensors(self.cache.lookup(keys, count=False))
 
     def _batch_scaling(self, total_batch):
         """Linear scaling when the total batch differs from the config's `reference_batch_size`: the
@@ -529,8 +350,7 @@ class Trainer:
             self.ema.set_state_dict(ema, path)
         elif self.ema is not None:
             self.log(f"{path} was saved without `ema:`; the average starts from iteration {ckpt['state']['iter']}")
-        if self.distiller is not None and ckpt.get("connectors"):
-            self.distiller.set_connector_state_dict(ckpt["connectors"])
+        self.teacher_source.set_state_dict(ckpt.get("connectors"), path)
         self.optimizer.set_state_dict(restore_optimizer_state(ckpt["optimizer"], self.named_params))
         state = ckpt["state"]
         if self.scaler is not None:
@@ -656,16 +476,10 @@ class Trainer:
         if self.vdl_writer is not None:
             self.vdl_writer.close()
             self.vdl_writer = None
-        if self.distiller is not None:
-            self.distiller.close()
+        if self.teacher_source is not None:
+            self.teacher_source.close(self.log)
         if getattr(self, "stream", None) is not None:
             self.stream.close()
-        if self.cache is not None:
-            damaged = self.cache.damaged_samples
-            self.log(f"teacher cache {self.cache.root}: {self.cache.read_samples} sample(s) read, "
-                     f"{self.cache.written_samples} computed by the teacher and written"
-                     + (f" ({damaged} of them had failed their checksum)" if damaged else ""))
-            self.cache.close()
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
@@ -675,10 +489,7 @@ class Trainer:
             getattr(hook, name)(self)
 
     def _set_train_mode(self):
-        if self.distiller is not None:
-            self.distiller.train()
-        else:
-            self.model.train()
+        self.teacher_source.train()
 
     def run_step(self, batch):
         """One training step (amp.train_step); returns its StepLosses, still on the device."""
@@ -686,17 +497,10 @@ class Trainer:
         low = self.precision.enabled
 
         def forward():
+            label = self.task.distill_label(batch) if self.distiller is not None else None
+            student_out, distill_terms = self.teacher_source.forward(args, kwargs, label, self.stream.last_keys,
+                                                                     self.iter)
             terms = OrderedDict()
-            if self.distiller is not None:
-                # a schedule that set every distillation weight to 0 stops the teacher (and its cache) too
-                feats = self._teacher_features(args, kwargs) if self.distiller.teacher_needed else None
-                out = self.distiller(*args, label=self.task.distill_label(batch), teacher_features=feats, **kwargs)
-                student_out, distill_terms = out.student_out, out.losses
-            elif self.cache is not None:  # the model's own frozen teacher, its tensors from the cache
-                student_out = self.model(*args, teacher_features=self._teacher_features(args, kwargs), **kwargs)
-                distill_terms = {}
-            else:
-                student_out, distill_terms = self.model(*args, **kwargs), {}
             if low:  # the task's losses in fp32 too
                 with float32_losses():
                     terms.update(self.task_loss(float32(student_out), batch))
@@ -802,7 +606,7 @@ class Trainer:
         state = self._train_state() if full else None
         path = os.path.join(self.save_dir, name or f"iter_{self.iter}")
         if env.is_main_process():
-            connectors = self.distiller.connector_state_dict() if self.distiller is not None else None
+            connectors = self.teacher_source.state_dict()
             ema = None
             if self.ema is not None and full:
                 ema = dict(self.ema.state_dict(), training_weights=unwrap(self.student).state_dict())
@@ -841,7 +645,7 @@ class Trainer:
             if self.best_metric is None or value > self.best_metric:
                 self.best_metric, self.best_iter = value, self.iter
                 save_checkpoint(os.path.join(self.save_dir, "best_model"), model_state=self.model_state(),
-                                connector_state=(self.distiller.connector_state_dict() if self.distiller else None),
+                                connector_state=self.teacher_source.state_dict(),
                                 metrics={"iter": self.iter, **{k: v for k, v in metrics.items()
                                                                if isinstance(v, (int, float))}})
                 self.task.save_eval_outputs(os.path.join(self.save_dir, "best_model"), log=self.log)
