@@ -27,16 +27,19 @@ from slim.distill.errors import ConfigError
 from slim.distill.distill_token import distill_token_pairs
 from slim.distill.pairs import logit_pairs, parse_pairs
 from slim.quant import training as quant_training
-from . import check, launch
+from . import check, launch, teachers
 
 
 def parse_args(argv=None):
     p = launch.make_parser(__doc__)
     p.add_argument("--student_config", "-c", "--config", dest="student_config", required=True)
     p.add_argument("--teacher_config", "--teather_config", "-t", dest="teacher_config", default=None,
-                   help="teacher config (only its `model` is used); --teather_config is accepted too")
+                   action=teachers.AppendKeepFirst,
+                   help="teacher config (only its `model` is used); --teather_config is accepted too; repeat it for "
+                        "several teachers, named t1, t2, ... (slim/apps/teachers.py)")
     add_slim_config_flag(p)
-    p.add_argument("--teacher_pretrained", default=None, help="teacher weights (overrides model.pretrained)")
+    p.add_argument("--teacher_pretrained", default=None, action=teachers.AppendKeepFirst,
+                   help="teacher weights (overrides model.pretrained); with several -t, one per teacher in order")
     p.add_argument("--allow_untrained_teacher", action="store_true",
                    help="run with a randomly initialised teacher (pipeline tests only)")
     launch.add_teacher_cache_flags(p)
@@ -48,9 +51,11 @@ def parse_args(argv=None):
 
 
 def add_slim_config_flag(parser):
-    parser.add_argument("--slim_config", default=None, metavar="DISTILL.yml",
+    from . import teachers
+    parser.add_argument("--slim_config", default=None, metavar="DISTILL.yml", action=teachers.AppendKeepFirst,
                         help="PaddleDetection's distillation config: it `_BASE_`s the teacher's config and sets "
-                             "pretrain_weights (the teacher's weights), slim: Distill, slim_method, distill_loss")
+                             "pretrain_weights (the teacher's weights), slim: Distill, slim_method, distill_loss; "
+                             "repeat it for several teachers, named s1, s2, ...")
 
 
 def distill_pairs(task, cfg, teacher_cfg=None, extra=(), notes=None, default=None, origins=None):
@@ -100,6 +105,9 @@ def run(args, task, cfg, allow_untrained=False, notes=None):
     """Distil with the parsed flags: the teacher from -t, from --slim_config, or the student itself
     (`--teacher self`)."""
     notes = [] if notes is None else notes
+    several = teachers.wanted(args, cfg)
+    if several is not None:
+        return teachers.run(args, task, cfg, several, allow_untrained, notes)
     extra, weights, key, origins = [], getattr(args, "teacher_pretrained", None), None, {}
     self_teacher = quant_training.self_teacher_wanted(args, cfg)
     if self_teacher:

@@ -48,7 +48,7 @@ _TaggedLoader.add_multi_constructor("!", _construct_tagged)
 _KNOWN_KEYS = {
     "batch_size", "iters", "epochs", "model", "train_dataset", "val_dataset", "test_dataset",
     "optimizer", "lr_scheduler", "learning_rate", "loss", "distill_loss", "distill", "export",
-    "test_config", "to_static_training", "task", "seed", "device", "reference_batch_size", "ema",
+    "test_config", "to_static_training", "task", "seed", "device", "reference_batch_size", "ema", "teachers",
 }
 
 

@@ -27,13 +27,22 @@ Weights that change over training (a pair's `weight_schedule`, weight_schedule.p
 total_iters, total_epochs)` before a step sets each pair's weight for it (the trainer's LossWeightHook calls it);
 `current_weights()` gives them. A term whose weight is 0 is not computed, and while every weight is 0 the teacher
 does not run (`teacher_needed` is False): the step is the student's alone.
+
+Several teachers: `Distiller(student, {"r50": t1, "r101": t2}, pairs)`. Each pair compares the tensors of
+the teacher it names (`teacher_name: r101`, or `teacher: r101.backbone.bb_3_2`), or of all of them
+combined (`ensemble: mean_prob | mean_logit`) or one term per teacher (`ensemble: per_teacher`; see
+ensemble.py). Their tensors are named `<teacher>/<tensor>` (`teacher_tensor_names()`); each teacher is
+built by its own factory and may run in its own context (`teacher_context`: e.g. its precision).
 """
 from collections import OrderedDict
 
 import paddle
 
+import contextlib
+
 from .adaptor import AdaptorBase, FeatureRecorder, LayerRef, find_sublayer, unwrap
 from .connectors import ConnectorSet, build_connector, connector_key, match_spatial
+from .ensemble import combine
 from .errors import ConfigError, LayerNotFoundError, NonFiniteLossError, ShapeMismatchError
 from .losses import build_loss
 from .pairs import AdaptorKey, parse_pairs, source_name
@@ -134,25 +143,57 @@ class _Side:
         return self.stored[ref.key]
 
 
+def _teacher_dicts(teacher, factory):
+    """({name: model or None}, {name: factory}) from one teacher (a model and/or a factory) or dicts of several."""
+    if isinstance(teacher, dict) or isinstance(factory, dict):
+        models, factories = OrderedDict(teacher or {}), dict(factory or {})
+        for name in factories:
+            models.setdefault(name, None)
+    else:
+        models, factories = OrderedDict(teacher=teacher), ({"teacher": factory} if factory is not None else {})
+    if not models or any(m is None and n not in factories for n, m in models.items()):
+        raise ConfigError("Distiller needs a teacher model (or a teacher_factory that builds it).")
+    return models, factories
+
+
+def _strip_teacher_prefix(pair, names):
+    """(teacher sources without a `<teacher>.` prefix, that teacher's name or None)."""
+    stripped, prefixes = [], []
+    for source in pair.teacher:
+        layer = source if isinstance(source, str) else getattr(source, "layer", None)
+        head, _, rest = (layer or "").partition(".")
+        if rest and head in names:
+            prefixes.append(head)
+            source = rest if isinstance(source, str) else LayerRef(rest, source.io, source.idx, source.call)
+        else:
+            prefixes.append(None)
+        stripped.append(source)
+    if len(set(prefixes)) > 1:
+        raise ConfigError(f"{pair.describe()}: the teacher sources of one pair must come from one teacher; give each "
+                          f"the same `<teacher>.` prefix (found {prefixes}).")
+    return tuple(stripped), prefixes[0]
+
+
 class Distiller:
-    """Student + frozen teacher + distillation pairs -> named, weighted loss terms.
+    """Student + frozen teacher(s) + distillation pairs -> named, weighted loss terms.
 
     `distill_config` is any spelling `parse_pairs` accepts: the yaml `distill:` list, the tutorial's
     `prepare_distill_config()` list (with the adaptors), a PaddleSlim `DistillConfig` list, or a path.
     """
 
     def __init__(self, student, teacher, distill_config, StudentAdaptor=None, TeacherAdaptor=None,
-                 check_finite=True, teacher_factory=None):
+                 check_finite=True, teacher_factory=None, teacher_context=None):
         self.student = student
-        if teacher is None and teacher_factory is None:
-            raise ConfigError("Distiller needs a teacher model (or a teacher_factory that builds it).")
-        self.teacher = freeze_teacher(teacher) if teacher is not None else None
-        self._teacher_factory, self._teacher_adaptor = teacher_factory, TeacherAdaptor
-        self.pairs = parse_pairs(distill_config)
+        self._models, self._factories = _teacher_dicts(teacher, teacher_factory)
+        self.teacher_names = list(self._models)
+        self._teacher_adaptor = TeacherAdaptor
+        self._contexts = dict(teacher_context or {})
+        self.pairs = self._route(parse_pairs(distill_config))
         # the weight of each pair at the current step (set_step); the configured weight until a step is set
         self._weights = OrderedDict((p.name, p.weight) for p in self.pairs)
-        # each pair's teacher tensors by name (computed once: the step only looks them up)
-        self._teacher_names = {p.name: [source_name(s) for s in p.teacher] for p in self.pairs}
+        # each pair's teacher tensors by teacher and by name (computed once: the step only looks them up)
+        self._tensor_names = {p.name: {t: [self.tensor_name(t, s) for s in p.teacher] for t in p.teachers}
+                              for p in self.pairs}
         self.loss_fns = [build_loss(p.loss) for p in self.pairs]
         # losses with trainable parameters: trained, saved and synchronised like connectors
         self.loss_layers = paddle.nn.LayerDict()
@@ -167,9 +208,10 @@ class Distiller:
                                   f"got {len(pair.student)} student and {len(pair.teacher)} teacher.")
         self._student = _Side("student", student, StudentAdaptor,
                               [s for p in self.pairs for s in p.student])
-        self._teacher = None
-        if self.teacher is not None:
-            self._make_teacher_side()
+        self._sides = OrderedDict()  # teacher name -> _Side, once that teacher is built
+        for name, model in self._models.items():
+            if model is not None:
+                self._add_teacher_side(name, model)
         self.connectors = ConnectorSet()
         self._connector_runner = self.connectors
         self._needs_build = False
@@ -217,9 +259,52 @@ class Distiller:
         """False while every pair's weight is 0 (a schedule stopped distillation): the teacher is not run."""
         return not self.pairs or any(w != 0 for w in self._weights.values())
 
-    def _make_teacher_side(self):
-        self._teacher = _Side("teacher", self.teacher, self._teacher_adaptor,
-                              [s for p in self.pairs for s in p.teacher])
+    # ----- teachers -------------------------------------------------------------------------------
+    def _route(self, pairs):
+        """Each pair with the teachers whose tensors it compares (`pair.teachers`); per_teacher expanded."""
+        names, multi = self.teacher_names, len(self.teacher_names) > 1
+        routed = []
+        for pair in pairs:
+            sources, prefix = _strip_teacher_prefix(pair, names) if multi else (pair.teacher, None)
+            if pair.teacher_name and prefix and pair.teacher_name != prefix:
+                raise ConfigError(f"{pair.describe()}: teacher_name {pair.teacher_name!r} and the teacher source's "
+                                  f"prefix {prefix!r} name two teachers; give one.")
+            chosen = pair.teacher_name or prefix
+            if chosen is not None and chosen not in names and (multi or chosen != "teacher"):
+                raise ConfigError(f"{pair.describe()}: teacher {chosen!r} is not one of this run's teachers "
+                                  f"({', '.join(names)}).")
+            if not multi:
+                routed.append(pair.for_teachers(names))
+            elif chosen:
+                routed.append(pair.for_teachers([chosen], teacher=sources))
+            elif pair.ensemble == "per_teacher":
+                routed += [pair.for_teachers([n], name=f"{pair.name}_{n}") for n in names]
+            elif pair.ensemble:
+                routed.append(pair.for_teachers(names))
+            else:
+                raise ConfigError(
+                    f"{pair.describe()}: this run has {len(names)} teachers ({', '.join(names)}): name the one it "
+                    f"compares with (`teacher_name: {names[0]}`, or `teacher: {names[0]}.LAYER`), or combine them "
+                    f"with `ensemble: mean_prob | mean_logit | per_teacher`.")
+        return routed
+
+    def tensor_name(self, teacher, source):
+        """The name of a teacher tensor (a cache key): `<teacher>/<tensor>` when there are several teachers."""
+        name = source_name(source)
+        return f"{teacher}/{name}" if len(self.teacher_names) > 1 else name
+
+    def _add_teacher_side(self, name, model):
+        sources = [s for p in self.pairs if name in p.teachers for s in p.teacher]
+        role = "teacher" if len(self.teacher_names) == 1 else f"teacher {name!r}"
+        self._models[name] = freeze_teacher(model)
+        self._sides[name] = _Side(role, model, self._teacher_adaptor, sources)
+
+    @property
+    def teacher(self):
+        """The teacher model (None until built), or {name: model} when there are several."""
+        if len(self._models) == 1:
+            return next(iter(self._models.values()))
+        return OrderedDict(self._models)
 
     @property
     def needs_build(self):
@@ -228,31 +313,62 @@ class Distiller:
 
     @property
     def teacher_built(self):
-        return self._teacher is not None
+        return len(self._sides) == len(self._models)
 
-    def ensure_teacher(self):
-        """Build the teacher with the factory when it has not been built yet; returns it."""
-        if self._teacher is None:
-            self.teacher = freeze_teacher(self._teacher_factory())
-            self._make_teacher_side()
+    def ensure_teacher(self, names=None):
+        """Build the teachers (`names`, default all) whose factories have not run yet; returns `teacher`."""
+        for name in (self.teacher_names if names is None else names):
+            if name not in self._sides:
+                factory = self._factories.get(name)
+                if factory is None:
+                    raise ConfigError(f"Teacher {name!r} has neither a model nor a factory that builds it.")
+                self._add_teacher_side(name, factory())
         return self.teacher
 
-    def teacher_tensor_names(self):
-        """The distinct teacher tensors the pairs compare, by name, in pair order."""
-        return list(OrderedDict.fromkeys(n for p in self.pairs for n in self._teacher_names[p.name]))
+    def teacher_tensor_names(self, teachers=None):
+        """The distinct teacher tensors the pairs compare (of `teachers`, default all), by name, in pair order."""
+        return list(OrderedDict.fromkeys(n for p in self.pairs for t, names in self._tensor_names[p.name].items()
+                                         if teachers is None or t in teachers for n in names))
 
-    def teacher_features(self, *inputs, **kwargs):
-        """Run the teacher alone (no_grad) -> OrderedDict name -> tensor of every teacher tensor the pairs
-        compare, as captured (before connectors, resizing or casts)."""
-        self.ensure_teacher()
+    def teacher_of(self, tensor_name):
+        """The teacher a tensor name (teacher_tensor_names()) belongs to."""
+        for pair in self.pairs:
+            for teacher, names in self._tensor_names[pair.name].items():
+                if tensor_name in names:
+                    return teacher
+        raise KeyError(tensor_name)
+
+    def teacher_features(self, *inputs, teachers=None, **kwargs):
+        """Run the teachers (`teachers`, default all) alone (no_grad) -> OrderedDict name -> tensor of every
+        teacher tensor the pairs compare, as captured (before connectors, resizing, ensembles or casts)."""
+        names = self.teacher_names if teachers is None else list(teachers)
+        self.ensure_teacher(names)
         with paddle.no_grad():
-            self._teacher.forward(inputs, kwargs)
+            for name in names:
+                with self._contexts.get(name, contextlib.nullcontext)():
+                    self._sides[name].forward(inputs, kwargs)
         feats = OrderedDict()
         for pair in self.pairs:
-            for source, name in zip(pair.teacher, self._teacher_names[pair.name]):
-                if name not in feats:
-                    feats[name] = self._teacher.feature(source, pair.name)
+            for teacher, tensor_names in self._tensor_names[pair.name].items():
+                if teacher not in names:
+                    continue
+                for source, name in zip(pair.teacher, tensor_names):
+                    if name not in feats:
+                        feats[name] = self._sides[teacher].feature(source, pair.name)
         return feats
+
+    def _teacher_output(self):
+        outputs = OrderedDict((n, getattr(side, "output", None)) for n, side in self._sides.items())
+        return next(iter(outputs.values())) if len(self._models) == 1 else outputs
+
+    def _pair_teacher_tensors(self, pair, feats):
+        """The teacher tensors a pair's loss compares: one teacher's, or every teacher's combined."""
+        per_teacher = [[feats[n] for n in names] for names in self._tensor_names[pair.name].values()]
+        if len(per_teacher) == 1:
+            return list(per_teacher[0])
+        axis = pair.loss.get("axis", 1)
+        return [combine([tensors[j] for tensors in per_teacher], pair.ensemble, axis=axis)
+                for j in range(len(pair.teacher))]
 
     # ----- parameters and state -------------------------------------------------------------------
     def parameters(self):
@@ -297,8 +413,9 @@ class Distiller:
         self.student.train()
         self.connectors.train()
         self.loss_layers.train()
-        if self.teacher is not None:
-            self.teacher.eval()
+        for model in self._models.values():
+            if model is not None:
+                model.eval()
 
     def eval(self):
         self.student.eval()
@@ -323,8 +440,8 @@ class Distiller:
     def close(self):
         """Remove every hook this distiller put on the student and the teacher."""
         self._student.recorder.remove()
-        if self._teacher is not None:
-            self._teacher.recorder.remove()
+        for side in self._sides.values():
+            side.recorder.remove()
 
     def __enter__(self):
         return self
@@ -342,10 +459,10 @@ class Distiller:
         if teacher_features is None:
             teacher_features = self.teacher_features(*(inputs if teacher_inputs is None else teacher_inputs),
                                                      **kwargs)
-            teacher_out = self._teacher.output
+            teacher_out = self._teacher_output()
         s_feats = {p.name: [self._student.feature(s, p.name) for s in p.student] for p in self.pairs}
         try:
-            t_feats = {p.name: [teacher_features[n] for n in self._teacher_names[p.name]] for p in self.pairs}
+            t_feats = {p.name: self._pair_teacher_tensors(p, teacher_features) for p in self.pairs}
         except KeyError as e:
             raise ConfigError(f"teacher_features has no tensor {e.args[0]!r}; give every name of "
                               f"teacher_tensor_names() ({self.teacher_tensor_names()}).") from None

@@ -13,6 +13,9 @@ Three spellings are accepted and turned into the same `Pair` objects:
            align: {type: 1x1conv}            # connector when channels differ; resize: student|teacher
                                              # student/teacher: tokens_to_map, map_to_tokens, ... (tokens.py)
            weight_schedule: {type: linear, from: 0, to: 1, end: 500}   # optional (weight_schedule.py)
+           teacher_name: t2                  # with several teachers: whose tensor (or `teacher: t2.LAYER`)
+           ensemble: mean_prob               # or: all teachers' tensors combined (mean_prob, mean_logit) or
+                                             # one term per teacher (per_teacher); see slim/distill/ensemble.py
 
 2. The PaddleSeg tutorial's `prepare_distill_config()` list, with keys resolved through the adaptors:
    `{'feature_type': 'hidden', 's_feature_idx': 0, 't_feature_idx': 0,
@@ -20,6 +23,7 @@ Three spellings are accepted and turned into the same `Pair` objects:
 
 3. A PaddleSlim 2.6 `DistillConfig` list (or its yaml file), as is.
 """
+import copy
 import difflib
 import os
 
@@ -30,7 +34,9 @@ from .errors import ConfigError
 from .tokens import parse_conversion
 from .weight_schedule import build_schedule
 
-_YAML_PAIR_KEYS = {"name", "student", "teacher", "loss", "args", "weight", "align", "weight_schedule"}
+_YAML_PAIR_KEYS = {"name", "student", "teacher", "loss", "args", "weight", "align", "weight_schedule", "teacher_name",
+                   "ensemble"}
+ENSEMBLES = ("mean_prob", "mean_logit", "per_teacher")
 _TUTORIAL_KEYS = {"feature_type", "s_feature_idx", "t_feature_idx", "loss_function", "weight", "align",
                   "name", "weight_schedule"}
 ALIGN_TYPES = ("1x1conv", "3x3conv", "1x1conv+bn", "3x3conv+bn", "linear", "linear+bn", "resize")
@@ -53,9 +59,14 @@ class AdaptorKey:
 class Pair:
     """One distillation term: `weight * loss(student_sources, teacher_sources)`; with a `schedule`
     (weight_schedule.py) the weight of a step is `weight x schedule.factor(...)`. `origin` says where the
-    weight is configured (e.g. `distill.0.weight`), for messages that suggest another value."""
+    weight is configured (e.g. `distill.0.weight`), for messages that suggest another value.
 
-    def __init__(self, name, student, teacher, loss, weight=1.0, align=None, schedule=None, origin=None):
+    With several teachers, `teacher_name` names the teacher whose tensors are compared (None: the one
+    teacher, or the prefix of the teacher sources, `t2.backbone.stage3`), and `ensemble` combines every
+    teacher's (`mean_prob`, `mean_logit`) or makes one term per teacher (`per_teacher`)."""
+
+    def __init__(self, name, student, teacher, loss, weight=1.0, align=None, schedule=None, origin=None,
+                 teacher_name=None, ensemble=None):
         self.name = name
         self.student = tuple(student)
         self.teacher = tuple(teacher)
@@ -64,6 +75,19 @@ class Pair:
         self.align = normalize_align(align, name)
         self.schedule = build_schedule(schedule, f"pair {name!r}")
         self.origin = origin
+        self.teacher_name = None if teacher_name is None else str(teacher_name)
+        if ensemble is not None and ensemble not in ENSEMBLES:
+            raise ConfigError(f"Pair {name!r}: ensemble must be one of {', '.join(ENSEMBLES)}, got {ensemble!r}.")
+        self.ensemble = ensemble
+        self.teachers = None  # the teachers whose tensors it compares, set by the Distiller
+
+    def for_teachers(self, teachers, name=None, teacher=None):
+        """A copy comparing the tensors of `teachers` (a list of names); sources and name may change."""
+        pair = copy.copy(self)
+        pair.name = name or self.name
+        pair.teacher = self.teacher if teacher is None else tuple(teacher)
+        pair.teachers = list(teachers)
+        return pair
 
     def describe(self):
         s = ", ".join(_describe(x) for x in self.student)
@@ -183,7 +207,8 @@ def _yaml_pairs(entries, taken):
         name = _unique(str(entry.get("name") or default), taken)
         pairs.append(Pair(name, _sources(entry["student"], name, "student"),
                           _sources(entry["teacher"], name, "teacher"), loss, entry.get("weight", 1.0),
-                          entry.get("align"), entry.get("weight_schedule"), origin=f"distill.{i}.weight"))
+                          entry.get("align"), entry.get("weight_schedule"), origin=f"distill.{i}.weight",
+                          teacher_name=entry.get("teacher_name"), ensemble=entry.get("ensemble")))
     return pairs
 
 
@@ -341,13 +366,14 @@ def parse_pairs(config):
 
 def logit_pairs(distill_loss, logits_ref):
     """PaddleSeg's `distill_loss: {types: [{type: KLLoss, ...}], coef: [3]}` as pairs on the logits. A type's
-    `weight_schedule` (or one beside `types`, for every type) schedules its coef (weight_schedule.py)."""
+    `weight_schedule` (or one beside `types`, for every type) schedules its coef (weight_schedule.py); with several
+    teachers `ensemble: mean_prob|mean_logit|per_teacher` or `teacher_name: t1` says whose logits."""
     if not distill_loss:
         return []
     if not isinstance(distill_loss, dict) or "types" not in distill_loss:
         raise ConfigError(f"`distill_loss` must look like {{types: [{{type: KLLoss}}], coef: [3]}}, got "
                           f"{distill_loss!r}")
-    check_keys(distill_loss, {"types", "coef", "weight_schedule"}, "distill_loss")
+    check_keys(distill_loss, {"types", "coef", "weight_schedule", "ensemble", "teacher_name"}, "distill_loss")
     types = list(distill_loss["types"])
     coef = list(distill_loss.get("coef", [1.0] * len(types)))
     if len(coef) != len(types):
@@ -358,5 +384,6 @@ def logit_pairs(distill_loss, logits_ref):
         schedule = cfg.pop("weight_schedule", distill_loss.get("weight_schedule"))
         name = _unique(f"distill_{cfg['type']}", taken)
         pairs.append(Pair(name, [logits_ref], [logits_ref], cfg, weight, schedule=schedule,
-                          origin=f"distill_loss.coef.{i}"))
+                          origin=f"distill_loss.coef.{i}", teacher_name=distill_loss.get("teacher_name"),
+                          ensemble=distill_loss.get("ensemble")))
     return pairs

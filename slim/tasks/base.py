@@ -156,7 +156,7 @@ class TaskBase:
     #: config keys that do not shape a model's outputs (left out of a teacher's fingerprint)
     non_model_keys = ("iters", "epochs", "batch_size", "optimizer", "lr_scheduler", "learning_rate", "loss",
                       "train_dataset", "val_dataset", "test_dataset", "distill", "distill_loss", "ema",
-                      "reference_batch_size", "export", "_base_", "task")
+                      "reference_batch_size", "export", "_base_", "task", "teachers")
 
     def teacher_model_config(self, cfg):
         """The part of a teacher's config that decides its outputs (for a teacher-output cache's fingerprint;

@@ -210,6 +210,11 @@ class DistillationModel(nn.Layer):
         from slim.engine.teacher_cache import layer_parts
         return layer_parts({n: self.sub(n) for n in self.frozen_names()})
 
+    def teacher_parts_of(self, name):
+        """The fingerprint of one frozen model (its own teacher-output cache when there are several)."""
+        from slim.engine.teacher_cache import layer_parts
+        return layer_parts({name: self.sub(name)})
+
     def _from_features(self, name, feats):
         keys = self._output_keys(name)
         return feats[name] if keys == [None] else {k: feats[f"{name}/{k}"] for k in keys}

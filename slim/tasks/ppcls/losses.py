@@ -185,8 +185,19 @@ class _PairLoss(PaddleClasLoss):
         if not self.model_name_pairs:
             raise ConfigError(f"{type(self).__name__} needs model_name_pairs, e.g. [[Student, Teacher]]")
 
+    ensemble = None  # several teachers of one student combined into one term (build_loss_entry)
+
     def terms(self, predicts, label):
         out = OrderedDict()
+        if self.ensemble in ("mean_prob", "mean_logit"):  # [[S, T1], [S, T2]] -> one term on T1 and T2 combined
+            from slim.distill.ensemble import combine
+            students = OrderedDict()
+            for a, b in self.model_name_pairs:
+                students.setdefault(a, []).append(b)
+            for idx, (a, teachers) in enumerate(students.items()):
+                t = combine([self.pick(predicts, b) for b in teachers], self.ensemble, axis=-1)
+                out.update(self.pair_terms(idx, a, "+".join(teachers), self.pick(predicts, a), t, label))
+            return out
         for idx, (a, b) in enumerate(self.model_name_pairs):
             out.update(self.pair_terms(idx, a, b, self.pick(predicts, a), self.pick(predicts, b), label))
         return out
@@ -528,6 +539,10 @@ def build_loss_entry(entry, where="Loss.Train"):
         raise ConfigError(f"{where}: each item is `- LossName: {{weight: 1.0, ...}}`, got {entry!r}")
     (name, params), = entry.items()
     params = dict(params or {})
+    ensemble = params.pop("ensemble", None)  # with several frozen teachers (slim/distill/ensemble.py)
+    if ensemble not in (None, "mean_prob", "mean_logit", "per_teacher"):
+        raise ConfigError(f"{where}: {name} ensemble must be mean_prob, mean_logit or per_teacher (PaddleClas's "
+                          f"one term per [student, teacher] pair), got {ensemble!r}")
     if name not in LOSSES:
         raise ConfigError(f"{where}: loss {name!r} is not supported here; supported: {', '.join(LOSSES)} "
                           f"(DistillationPairLoss with base_loss_name MGDLoss).")
@@ -537,6 +552,10 @@ def build_loss_entry(entry, where="Loss.Train"):
     except TypeError as e:
         raise ConfigError(f"{where}: {name} could not be built from {sorted(params)}: {e}") from None
     loss.schedule, loss.origin = schedule, f"{where}.{name}.weight"
+    if ensemble is not None:
+        if not isinstance(loss, _PairLoss):
+            raise ConfigError(f"{where}: `ensemble` combines the teachers of model_name_pairs; {name} has none.")
+        loss.ensemble = ensemble
     return loss
 
 
