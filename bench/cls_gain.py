@@ -62,6 +62,12 @@ def main(argv=None):
                         "the student alone, KD, KD + logit standardisation, DIST, DKD, the best of them + PKD, "
                         "each seed reading the teacher's outputs from a teacher cache; best checkpoint by val top-1")
     p.add_argument("--teacher_weights", default=None, help="--methods: this trained teacher instead of training one")
+    p.add_argument("--teachers", action="store_true",
+                   help="two teachers against one (slim/apps/experiments/ensemble.py): teachers of seeds 0 and 1, "
+                        "the student alone, distilled from each, and from both (mean_prob, mean_logit), through "
+                        "teacher caches")
+    p.add_argument("--teachers_weights", nargs=2, default=None, metavar=("A", "B"),
+                   help="--teachers: these two trained teachers instead of training them")
     args = p.parse_args(argv)
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
@@ -70,6 +76,8 @@ def main(argv=None):
     opts = experiment.data_opts(data_dir)
     if args.methods:
         return compare_methods(args, out, opts)
+    if args.teachers:
+        return compare_teachers(args, out, opts)
     configs = {"teacher": args.teacher_config, "student": args.student_config, "head_fixed": args.head_fixed_config}
     extra = ["--iters", str(args.iters)] if args.iters else []
     per_seed, teacher_weights = [], None
@@ -140,6 +148,26 @@ def compare_methods(args, out, opts):
                                   f"student {args.student_config}, {args.iters or 'the configs'} iterations; best "
                                   f"checkpoint by val top-1 of each run; CPU {os.environ.get('OMP_NUM_THREADS', '?')} "
                                   f"threads")
+    methods.save(out, result, table)
+
+
+def compare_teachers(args, out, opts):
+    from slim.apps.experiments import ensemble, methods
+    out = os.path.join(out, "teachers")
+    os.makedirs(out, exist_ok=True)
+    say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    extra = ["--iters", str(args.iters)] if args.iters else []
+    weights = args.teachers_weights or ensemble.train_teachers(
+        out, args.teacher_config, extra + ["--log_iters", "500", "--save_interval", "100000"], opts, log=say)
+    values = ensemble.teacher_metrics("cls", out, args.teacher_config, weights, opts)
+    common = extra + ["--eval_interval", "250", "--log_iters", "500", "--save_interval", "100000"]
+    result = ensemble.sweep("cls", out, args.seeds, args.teacher_config, args.student_config, weights, common, opts,
+                            log=say)
+    table = ensemble.table(result, f"MNIST ({args.per_class} images per class and split), {args.seeds} seeds (--seed s, "
+                                   f"--data_seed 0), teachers A and B ({args.teacher_config}, seeds 0 and 1), student "
+                                   f"{args.student_config}, {args.iters or 'the configs'} iterations; best checkpoint "
+                                   f"by val top-1 of each run; CPU {os.environ.get('OMP_NUM_THREADS', '?')} threads",
+                           values)
     methods.save(out, result, table)
 
 

@@ -51,12 +51,20 @@ def main():
                         "the student alone, KD, KD + logit standardisation, DIST, CWD on logits, the best of "
                         "them + PKD, each seed reading the teacher's outputs from a teacher cache")
     p.add_argument("--teacher_weights", default=None, help="--methods: this trained teacher instead of training one")
+    p.add_argument("--teachers", action="store_true",
+                   help="two teachers against one (slim/apps/experiments/ensemble.py): teachers of seeds 0 and 1, "
+                        "the student alone, distilled from each, and from both (mean_prob, mean_logit), through "
+                        "teacher caches")
+    p.add_argument("--teachers_weights", nargs=2, default=None, metavar=("A", "B"),
+                   help="--teachers: these two trained teachers instead of training them")
     args = p.parse_args()
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     run([PY, "tools/prepare_data.py", "nuclei", "--out", "data/nuclei"], os.path.join(out, "prepare.log"))
     if args.methods:
         return compare_methods(args, out)
+    if args.teachers:
+        return compare_teachers(args, out)
 
     rows = {"teacher": [], "student alone": [], "distilled": []}
     nucleus = {k: [] for k in rows}
@@ -127,6 +135,25 @@ def compare_methods(args, out):
                                   f"({args.teacher_config}, {teacher}), student {args.student_config}; best "
                                   f"checkpoint by val mIoU of each run; CPU {os.environ.get('OMP_NUM_THREADS', '?')} "
                                   f"threads")
+    methods.save(out, result, table)
+
+
+def compare_teachers(args, out):
+    from slim.apps.experiments import ensemble, methods
+    out = os.path.join(out, "teachers")
+    os.makedirs(out, exist_ok=True)
+    say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    weights = args.teachers_weights or ensemble.train_teachers(
+        out, args.teacher_config, ["--do_eval", "--eval_interval", str(args.teacher_eval_interval), "--log_iters",
+                                   "1000", "--save_interval", "100000"], log=say)
+    values = ensemble.teacher_metrics("seg", out, args.teacher_config, weights)
+    common = ["--eval_interval", str(args.student_eval_interval), "--log_iters", "1000", "--save_interval", "100000"]
+    result = ensemble.sweep("seg", out, args.seeds, args.teacher_config, args.student_config, weights, common,
+                            log=say)
+    table = ensemble.table(result, f"Nuclei segmentation, {args.seeds} seeds (--seed s, --data_seed 0), teachers A and B "
+                                   f"({args.teacher_config}, seeds 0 and 1), student {args.student_config}; best "
+                                   f"checkpoint by val mIoU of each run; CPU {os.environ.get('OMP_NUM_THREADS', '?')} "
+                                   f"threads", values)
     methods.save(out, result, table)
 
 
