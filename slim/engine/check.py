@@ -79,9 +79,11 @@ def _distiller_terms(trainer):
 
 
 def _distiller_teachers(trainer):
+    """[(name, model)] of the run's separate teachers, each built (one: "teacher"; several: their names)."""
     if trainer.distiller is None:
         return []
-    return [("teacher", trainer.distiller.ensure_teacher())]
+    trainer.distiller.ensure_teacher()
+    return trainer.teacher_source.models()
 
 
 def _distiller_term_info(trainer):
@@ -126,7 +128,7 @@ def untouched(trainer):
     distiller = trainer.distiller
     params = student_parameters(trainer) + ([p for _, p in distiller.named_extra_parameters()] if distiller else [])
     layers = [unwrap(trainer.student)] + ([distiller.connectors, distiller.loss_layers] if distiller else [])
-    with _Untouched(layers, params, frozen=[trainer.teacher]):
+    with _Untouched(layers, params, frozen=[m for _, m in trainer.teacher_source.models()]):
         yield
 
 
@@ -271,9 +273,10 @@ def cost_section(trainer, plan, report, batch, batch_size, load_seconds):
         text = (f"Projected time of the {left} iterations to run: about {format_eta(total)} "
                 f"(({step:.3f} s step + {load_seconds:.3f} s loading) x {left}; evaluation and checkpoints not "
                 f"included; memory measured with {meter.name}).")
-        if "teacher" in seconds and "distillation" in seconds and "student" in seconds:
+        teacher_seconds = sum(v for k, v in seconds.items() if k.startswith("teacher"))  # one or several
+        if teacher_seconds and "distillation" in seconds and "student" in seconds:
             cached = (seconds["student"] + load_seconds) * left
-            text += (f" The teacher forward is {seconds['teacher']:.3f} s of each step; with its outputs read from a "
+            text += (f" The teacher forward is {teacher_seconds:.3f} s of each step; with its outputs read from a "
                      f"--teacher_cache a step costs about a student step (about {format_eta(cached)} in all).")
         report.note("cost", text)
     args, kwargs = trainer.task.model_inputs(batch, "train")
