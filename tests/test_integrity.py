@@ -309,6 +309,16 @@ def test_a_full_disk_while_writing_logs_or_the_cache_is_one_line(seg, capsys, en
         assert not [n for n in os.listdir(cache) if n.startswith("epoch_")]
 
 
+def test_a_full_disk_while_exporting_removes_the_partial_export(seg, capsys, enospc):
+    enospc("export:1")
+    out = seg["root"] / "export_full"
+    assert run_tool("export", "--config", seg["teacher"], "--model_path", seg["unbroken"] / "iter_6", "--device",
+                    "cpu", "--save_dir", out) == 2
+    assert_one_line(capsys.readouterr().err, "No space left on the device while writing the exported inference model",
+                    "The partial export was removed")
+    assert not [n for n in os.listdir(out) if n.startswith("model.")]
+
+
 def test_a_real_full_filesystem_ends_in_one_line(seg, tmp_path, capsys, monkeypatch):
     """A tmpfs with room for one checkpoint: the second save fails mid-write (the free-space check is told the
     disk is large, so the real ENOSPC is what stops it)."""

@@ -21,6 +21,7 @@ within 1e-3 of it; int8: Paddle
 Inference with the quantize ops in fp32, which is what the dygraph QAT model computes, then oneDNN int8, whose
 difference is printed: int8 rounding differs by design; `tools/eval.py --inference_model` measures what it costs).
 """
+import glob
 import os
 import sys
 
@@ -29,6 +30,7 @@ import paddle
 import yaml
 
 from slim.distill.errors import SlimError
+from slim.engine.storage import DiskFullError, fault_point, writing
 from slim.apps import launch, tools
 
 #: outputs compared by the check are scaled by max(1, max |expected|); this much relative difference is a failure
@@ -68,12 +70,24 @@ def _remove_other_format(prefix, keep_ext, log):
 def save_program(layer, prefix, input_spec, log=print):
     """Write the inference program of `layer` (eval mode): int8 (.pdmodel) when it is quantised, else fp32
     (.json); returns the precision ("int8" | "fp32"). Both are traced with slim.quant.export_compat's
-    workarounds, so that Paddle Inference runs them with oneDNN."""
+    workarounds, so that Paddle Inference runs them with oneDNN. A full disk is one line (storage.py), with the
+    partial files removed."""
+    layer.eval()
+    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    try:
+        with writing(prefix + ".*", "the exported inference model",
+                     hint="The partial export was removed. Free some space or give --save_dir on a larger disk."):
+            return _save_program(layer, prefix, input_spec, log)
+    except DiskFullError:
+        for path in glob.glob(glob.escape(prefix) + ".*"):
+            os.remove(path)
+        raise
+
+
+def _save_program(layer, prefix, input_spec, log):
     from slim.quant import is_quantized, save_quantized_inference_model
     from slim.quant.export_compat import deployable_export
     from slim.quant.qat import quant_settings_on
-    layer.eval()
-    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     if is_quantized(layer):
         # the settings quantize_model applied, on the quantised model (the export wrapper holds it)
         settings = next((quant_settings_on(sub) for sub in layer.sublayers(include_self=True)
@@ -83,10 +97,12 @@ def save_program(layer, prefix, input_spec, log=print):
                             "slim.quant.quantize_model (QAT) or tools/ptq.py to export it in int8.")
         with deployable_export():
             save_quantized_inference_model(layer, prefix, input_spec, settings)
+        fault_point("export")
         _remove_other_format(prefix, ".pdmodel", log)
         return "int8"
     with deployable_export():
         paddle.jit.save(layer, prefix, input_spec=input_spec)
+    fault_point("export")  # SLIM_TEST_ENOSPC=export:1: the disk fills once the files are (partly) written
     _remove_other_format(prefix, ".json", log)
     return "fp32"
 
