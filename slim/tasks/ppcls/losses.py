@@ -43,7 +43,7 @@ import paddle.nn.functional as F
 from slim.distill.errors import ConfigError
 from slim.distill.losses._utils import smooth_l1
 from slim.distill.losses.correlation import DISTLoss
-from slim.distill.losses.kd import DKDLoss, DistillCrossEntropyLoss, KLLoss
+from slim.distill.losses.kd import DKDLoss, KLLoss
 from slim.distill.weight_schedule import build_schedule
 
 NO_IGNORE = -100  # classification labels are never ignored (255 is a class of ImageNet)
@@ -72,20 +72,26 @@ def cross_entropy(logits, label, epsilon=None):
     """-mean log softmax(z)_y; with epsilon, against (1 - eps) onehot + eps / C (PaddleClas's label_smooth).
     Soft targets (N, C) as PaddleClas's CELoss reads them: (1 - eps) target + eps / C with epsilon; without it,
     softmax(target) (PaddleClas applies a softmax to a soft label there: a mixed one-hot becomes nearly uniform
-    over many classes; PaddleClas issue #2468)."""
+    over many classes; PaddleClas issue #2468). Computed with the ops PaddleClas's CELoss uses, in its order: the
+    same float32 result, which its training (chaotic in its first steps) needs to follow the same path."""
+    smooth = epsilon is not None and 0 < float(epsilon) < 1
     if is_soft(label, logits):
         target = label.astype(logits.dtype)
-        if epsilon is not None and 0 < float(epsilon) < 1:
-            target = target * (1 - float(epsilon)) + float(epsilon) / logits.shape[-1]
-        else:
-            target = F.softmax(target, axis=-1)
-        return -(target * F.log_softmax(logits, axis=-1)).sum(axis=-1).mean()
-    label = _label(label)
-    if epsilon is not None and 0 < float(epsilon) < 1:
-        c = logits.shape[-1]
-        target = F.one_hot(label, c).astype(logits.dtype) * (1 - float(epsilon)) + float(epsilon) / c
-        return -(target * F.log_softmax(logits, axis=-1)).sum(axis=-1).mean()
-    return F.cross_entropy(logits, label)
+        if not smooth:
+            return F.cross_entropy(logits, F.softmax(target, axis=-1), soft_label=True)
+    else:
+        label = _label(label)
+        if not smooth:
+            return F.cross_entropy(logits, label)
+        target = F.one_hot(label, logits.shape[-1])
+    target = F.label_smooth(target, epsilon=float(epsilon))
+    return paddle.sum(-F.log_softmax(logits, axis=-1) * target, axis=-1).mean()
+
+
+def soft_cross_entropy(student, teacher):
+    """PaddleClas's DistillationCELoss: CE of the student against softmax(teacher), no temperature, as its CELoss
+    computes it (paddle's soft-label cross_entropy)."""
+    return F.cross_entropy(student, F.softmax(teacher, axis=-1), soft_label=True)
 
 
 class PaddleClasLoss(nn.Layer):
@@ -204,7 +210,8 @@ class _PairLoss(PaddleClasLoss):
 
 
 class DistillationCELoss(_PairLoss):
-    """Soft-label CE against softmax of the second model's logits (slim's DistillCrossEntropyLoss, T = 1)."""
+    """Soft-label CE against softmax of the second model's logits (slim's DistillCrossEntropyLoss at T = 1, computed
+    with PaddleClas's ops)."""
     default_name = "loss_ce"
 
     def __init__(self, weight=1.0, model_name_pairs=(), epsilon=None, key=None, name=None):
@@ -212,10 +219,9 @@ class DistillationCELoss(_PairLoss):
         if epsilon is not None:
             raise ConfigError("DistillationCELoss: epsilon (label smoothing) applies to ground-truth labels; use it "
                               "in DistillationGTCELoss and remove it here.")
-        self.soft_ce = DistillCrossEntropyLoss(temperature=1.0, axis=-1, ignore_index=NO_IGNORE)
 
     def pair_terms(self, idx, a, b, s, t, label):
-        return {f"CELoss_{a}_{b}": self.soft_ce(s, t)}
+        return {f"CELoss_{a}_{b}": soft_cross_entropy(s, t)}
 
 
 class DistillationKLDivLoss(_PairLoss):
