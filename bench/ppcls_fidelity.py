@@ -3,7 +3,7 @@ package, seed by seed, from the same teacher weights.
 
     python bench/ppcls_fidelity.py --paddleclas /path/to/PaddleClas [--seeds 0 1 2] [--epochs 3] [--batch_size 32]
         [--teacher_epochs 10] [--teacher_arch ResNet50_vd] [--teacher_here] [--modes train eval]
-        [--out output/bench/ppcls_fidelity]
+        [--out output/bench/ppcls_fidelity] [--reuse_teacher] [--same_batches --per_class 32]
 
 PaddleClas runs from the user's checkout (its tools/train.py, in a subprocess, with this Python; its imports
 beyond paddle, e.g. easydict, must be importable: PYTHONPATH=... works); this package runs its own tools/train.py on
@@ -25,8 +25,16 @@ trains it with this package (same seed, another random stream: not paired). For 
 student with seed s; this package once per --modes entry: `train` is Arch.frozen_mode train (the frozen teacher in
 train mode, as PaddleClas runs it), `eval` this package's default. Reported: the top-1 on the 1000 val images of
 each run's final weights, per seed and the mean, and the difference of each student to PaddleClas's.
+
+--same_batches (with --per_class 32: 10 iterations of batch 32; --reuse_teacher takes the teacher a former run left
+in --out) feeds both identical batches instead: one epoch, no shuffle, ResizeImage in place of the random crop and
+flip, the student's dropout off, the frozen teacher in train mode here too. Both seed paddle before building the
+models in the same order, so the student starts from the same weights: the table gives, per seed, the largest
+difference between PaddleClas's logged mean loss so far (5 decimals) and the same mean of this package's losses,
+and both final top-1s. Random draws aside, this is the whole training step compared.
 """
 import argparse
+import json
 import os
 import re
 import statistics
@@ -119,6 +127,53 @@ def table(rows, modes):
     return "\n".join(lines)
 
 
+SAME_BATCHES = ["DataLoader.Train.sampler.shuffle=False", "Arch.models.1.Student.dropout_prob=0.0",
+                "DataLoader.Train.dataset.transform_ops.1={'ResizeImage': {'size': 32}}",
+                "DataLoader.Train.dataset.transform_ops.2={'ResizeImage': {'size': 32}}", "Global.print_batch_step=1"]
+PADDLECLAS_LOSS = re.compile(r"\[Train\]\[Epoch 1/1\]\[Iter: (\d+)/\d+\].*?CELoss_Student_Teacher: ([0-9.]+)")
+
+
+def running_means(paddleclas_log, history):
+    """PaddleClas logs the mean loss of the epoch so far (5 decimals); this package each iteration's loss."""
+    with open(paddleclas_log, errors="replace") as f:
+        theirs = {int(i): float(v) for i, v in PADDLECLAS_LOSS.findall(f.read())}
+    ours = []
+    with open(history) as f:
+        for row in map(json.loads, f):
+            if "Train/loss" in row:
+                ours.append(row["Train/loss"])
+    means = [sum(ours[:k + 1]) / (k + 1) for k in range(len(ours))]
+    return [(k, theirs.get(k), means[k] if k < len(means) else None) for k in sorted(theirs)]
+
+
+def same_batches(args, pc, data, teacher, out, logs):
+    """Both on identical batches (no shuffle, ResizeImage instead of the random crop and flip, the student's
+    dropout off), one epoch: same init (both seed paddle before building the models in the same order), same
+    frozen teacher in train mode: the losses should agree at every iteration."""
+    rows = []
+    for seed in args.seeds:
+        base = common_opts(data, 1, args.batch_size, seed) + SAME_BATCHES
+        run = os.path.join(out, f"same_batches_seed{seed}")
+        pc_log = os.path.join(logs, f"same_batches_seed{seed}_paddleclas.log")
+        commands.run([PY, os.path.join(pc, "tools/train.py"), "-c", os.path.join(pc, STUDENT),
+                      *dash_o(base + student_opts(f"{run}/paddleclas", teacher, args.teacher_arch))], pc_log,
+                     show=SHOW)
+        log = os.path.join(logs, f"same_batches_seed{seed}_here.log")
+        commands.run([PY, "tools/train.py", "-c", os.path.join(pc, STUDENT),
+                      *dash_o(base + student_opts(f"{run}/here", teacher, args.teacher_arch)
+                              + ["Arch.frozen_mode=train"]), "--overwrite"], log, show=SHOW)
+        means = running_means(pc_log, os.path.join(run, "here", "DistillationModel", "history.jsonl"))
+        gaps = [abs(a - b) for _, a, b in means if a is not None and b is not None]
+        rows.append((seed, len(means), max(gaps) if gaps else None, means[-1][1] if means else None,
+                     means[-1][2] if means else None, last_top1(pc_log, PADDLECLAS_TOP1), last_top1(log, OWN_TOP1)))
+    lines = ["| seed | iterations | max abs. difference of the mean loss so far | mean loss PaddleClas | "
+             "mean loss here | top-1 PaddleClas | top-1 here |", "|" + " --- |" * 7]
+    for seed, n, gap, a, b, ta, tb in rows:
+        lines.append(f"| {seed} | {n} | {'-' if gap is None else f'{gap:.5f}'} | {fmt(a)} | {fmt(b)} | {fmt(ta)} | "
+                     f"{fmt(tb)} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--paddleclas", required=True, help="a PaddleClas checkout (the folder holding tools/ and ppcls/)")
@@ -133,6 +188,11 @@ def main(argv=None):
     p.add_argument("--modes", nargs="+", choices=("train", "eval"), default=["train", "eval"],
                    help="Arch.frozen_mode of this package's student runs")
     p.add_argument("--out", default="output/bench/ppcls_fidelity")
+    p.add_argument("--reuse_teacher", action="store_true",
+                   help="use the PaddleClas teacher a former run left in --out instead of training it again")
+    p.add_argument("--same_batches", action="store_true",
+                   help="instead of the seeds' runs: one epoch of identical batches in both (no shuffle, no random "
+                        "augmentation, no dropout; --per_class 32: 10 iterations), the loss compared at each iteration")
     args = p.parse_args(argv)
     pc = os.path.abspath(args.paddleclas)
     for rel in ("tools/train.py", TEACHER, STUDENT):
@@ -149,10 +209,22 @@ def main(argv=None):
     teacher_cfg = dash_o(common_opts(data, args.teacher_epochs, args.batch_size, first)
                          + teacher_opts(f"{out}/paddleclas_teacher", args.teacher_arch))
     log = os.path.join(logs, "teacher_paddleclas.log")
-    commands.run([PY, os.path.join(pc, "tools/train.py"), "-c", os.path.join(pc, TEACHER), *teacher_cfg], log,
-                 show=SHOW)
-    teachers = {"PaddleClas": last_top1(log, PADDLECLAS_TOP1)}
     teacher = f"{out}/paddleclas_teacher/latest"  # PaddleClas writes output_dir/latest.pdparams: the last weights
+    if not (args.reuse_teacher and os.path.isfile(teacher + ".pdparams") and os.path.isfile(log)):
+        commands.run([PY, os.path.join(pc, "tools/train.py"), "-c", os.path.join(pc, TEACHER), *teacher_cfg], log,
+                     show=SHOW)
+    teachers = {"PaddleClas": last_top1(log, PADDLECLAS_TOP1)}
+    if args.same_batches:
+        text = (f"PaddleClas {paddleclas_commit(pc, args.paddleclas_commit)} (its tools/train.py) and this package on "
+                f"its quick-start distillation config with the same -o, on identical batches: MNIST "
+                f"{args.per_class * 10} train / {args.per_class * 10} val at 32 px, batch {args.batch_size}, 1 epoch, "
+                f"no shuffle, ResizeImage instead of RandCropImage and RandFlipImage, student dropout 0, frozen "
+                f"teacher in train mode ({args.teacher_arch}, PaddleClas's, top-1 {fmt(teachers['PaddleClas'])})\n\n"
+                + same_batches(args, pc, data, teacher, out, logs) + f"\n\ntotal {time.time() - t0:.0f} s")
+        print("\n" + text, flush=True)
+        with open(os.path.join(out, "same_batches.md"), "w") as f:
+            f.write(text + "\n")
+        return 0
     rows = []
     for seed in args.seeds:
         base = common_opts(data, args.epochs, args.batch_size, seed)
