@@ -77,7 +77,10 @@ def test_an_image_that_does_not_decode_is_named(tmp_path):
         ImageFolder(root, cache=True)  # decoding everything up front names it at once
 
 
-def test_a_truncated_image_is_named(tmp_path):
+@pytest.mark.parametrize("pil_fills_truncated_files", [False, True])  # True: as after importing ppdet.engine
+def test_a_truncated_image_is_named(tmp_path, monkeypatch, pil_fills_truncated_files):
+    from PIL import ImageFile
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", pil_fills_truncated_files)
     root = make_folder(str(tmp_path / "val"), {0: 1}, size=(64, 64))
     path = os.path.join(root, "0", "00.png")
     data = open(path, "rb").read()
@@ -85,6 +88,7 @@ def test_a_truncated_image_is_named(tmp_path):
         f.write(data[:len(data) // 2])
     with pytest.raises(ConfigError, match=r"Cannot decode image .*0/00\.png"):
         ImageFolder(root)[0]
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is pil_fills_truncated_files  # put back
 
 
 def test_an_empty_class_folder_is_an_error(tmp_path):

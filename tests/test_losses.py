@@ -196,6 +196,7 @@ ALIASES = {
     "DISTLoss": ["dist"],
     "PKDLoss": ["pkd"],
     "MGDLoss": ["mgd"],
+    "HardDistillationLoss": ["hard_distillation"],
 }
 # constructor arguments of the losses that need some (MGD's generator is sized from the channels; with
 # lambda 0 its mask keeps every position, so repeated calls give the same value)

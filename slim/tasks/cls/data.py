@@ -23,11 +23,13 @@ Transforms (PaddleClas names accepted): `Resize` (ResizeImage: `size` int or [w,
 units, `scale` default 1/255), `ToCHW` (ToCHWImage; a no-op: samples are always CHW). Randomness comes
 from numpy's global generator, which the trainer seeds per sample (reproducible, resumable).
 """
+import contextlib
 import os
+import threading
 
 import numpy as np
 import paddle
-from PIL import Image
+from PIL import Image, ImageFile
 
 from slim.distill.errors import ConfigError, build_registered
 
@@ -35,10 +37,28 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", "
 
 
 # ----- images -----------------------------------------------------------------------------------------
+_STRICT_DECODE = threading.Lock()
+
+
+@contextlib.contextmanager
+def truncated_images_refused():
+    """PIL fills a truncated file's missing pixels silently while ImageFile.LOAD_TRUNCATED_IMAGES is set, and
+    importing ppdet.engine sets it for the whole process: a damaged image is refused here all the same."""
+    if not ImageFile.LOAD_TRUNCATED_IMAGES:
+        yield
+        return
+    with _STRICT_DECODE:
+        saved, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+        try:
+            yield
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = saved
+
+
 def read_image(path, color="rgb"):
     """HWC uint8 (3 channels for rgb, 1 for gray); a ConfigError naming the file when it does not decode."""
     try:
-        with Image.open(path) as im:
+        with truncated_images_refused(), Image.open(path) as im:
             im = im.convert("L" if color == "gray" else "RGB")
             arr = np.asarray(im, dtype=np.uint8)
     except FileNotFoundError:

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from slim.distill.errors import ConfigError
+from slim.tasks.cls.data import truncated_images_refused
 
 BACKENDS = ("cv2", "pil")
 _CV2 = {"nearest": cv2.INTER_NEAREST, "bilinear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA,
@@ -73,7 +74,8 @@ def decode(path, to_rgb=True, backend="cv2"):
         return np.ascontiguousarray(img[:, :, ::-1]) if to_rgb else img
     import io
     try:
-        img = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        with truncated_images_refused():
+            img = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
     except OSError as e:
         raise ConfigError(f"{path}: PIL cannot decode this file as an image ({e})") from None
     return img if to_rgb else np.ascontiguousarray(img[:, :, ::-1])
