@@ -215,3 +215,35 @@ def test_paddleclas_deit_distilled_config_trains_its_token_from_a_frozen_teacher
     log = (out / "record.txt").read_text()
     assert "CELoss_Student_head:" in log and "loss_token_Student_Teacher:" in log
     assert (out / "iter_3" / "model.pdparams").is_file()
+
+
+def test_mixed_batches_from_the_teacher_cache_equal_the_uncached_run(tmp_path):
+    """Mixup/Cutmix with drop_last False (the last batch of an epoch refills samples seen earlier in it, mixed
+    with other partners): float32 cache entries keyed by the place in the epoch replay the uncached run's losses
+    exactly, in the run that fills the cache and in the run that reads it."""
+    import os
+    from slim.datasets import mnist
+    from tests.helpers.cli import ROOT, logged_losses, run_tool
+    data = str(tmp_path / "data")
+    mnist.prepare(data, per_class=3)  # 30 train images: batches of 8, the 4th refilled with 2 samples
+    teacher = str(tmp_path / "teacher.pdparams")
+    from slim.tasks.ppcls.arch import backbone_factory
+    paddle.save(backbone_factory("ResNet18")(class_num=10).state_dict(), teacher)
+    cfg = os.path.join(ROOT, "configs", "ppcls", "R50_vd_distill_MV3_large_x1_0_mnist.yaml")
+    opts = ["-o", f"DataLoader.Train.dataset.image_root={data}", f"DataLoader.Train.dataset.cls_label_path={data}/train_list.txt",
+            f"DataLoader.Eval.dataset.image_root={data}", f"DataLoader.Eval.dataset.cls_label_path={data}/val_list.txt",
+            "DataLoader.Train.sampler.batch_size=8", "DataLoader.Train.sampler.drop_last=False",
+            "Arch.models.0.Teacher.name=ResNet18", f"Arch.models.0.Teacher.pretrained={teacher}",
+            "Arch.models.1.Student.name=MobileNetV3_small_x0_35", "Global.print_batch_step=1",
+            "DataLoader.Train.dataset.batch_transform_ops=[{OpSampler: {MixupOperator: {alpha: 0.8, prob: 0.5}, "
+            "CutmixOperator: {alpha: 1.0, prob: 0.5}}}]"]
+    common = ["--iters", 4, "--seed", 0, "--log_iters", 1]  # the 4th batch refills 2 samples of the 1st
+    cache = ["--teacher_cache", tmp_path / "cache", "--teacher_cache_dtype", "float32"]
+    assert run_tool("train", "-c", cfg, *opts, *common, "--save_dir", tmp_path / "uncached") == 0
+    assert run_tool("train", "-c", cfg, *opts, *common, *cache, "--save_dir", tmp_path / "fill") == 0
+    assert run_tool("train", "-c", cfg, *opts, *common, *cache, "--save_dir", tmp_path / "read") == 0
+    assert "32 sample(s) read, 0 computed" in (tmp_path / "read" / "record.txt").read_text()
+    reference = logged_losses(tmp_path / "uncached")
+    assert len(reference) == 4
+    assert logged_losses(tmp_path / "fill") == reference
+    assert logged_losses(tmp_path / "read") == reference

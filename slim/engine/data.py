@@ -209,7 +209,10 @@ class ResumableBatchSampler(paddle.io.BatchSampler):
 
 class BatchStream:
     """An endless iterator of batches over epochs, resumable at any iteration. `last_keys`: the
-    (epoch, index) of each sample of the batch last returned (the key of a teacher-output cache)."""
+    (epoch, index) of each sample of the batch last returned (the key of a teacher-output cache);
+    `last_positions`: (epoch, its place in the epoch's batches over every process) of each, which names a
+    sample of a mixed batch (Mixup: what a sample is depends on its batch) and tells apart the two visits of a
+    sample that fills up the last batch of an epoch (`rows_per_epoch` places an epoch)."""
 
     def __init__(self, dataset, batch_size, collate_fn=None, num_workers=0, seed=0, rank=0, world_size=1,
                  shuffle=True, drop_last=True):
@@ -218,8 +221,8 @@ class BatchStream:
         self.collate_fn, self.num_workers = collate_fn, num_workers
         self._iter = None
         self.epoch = 0
-        self._keys, self._position = [], 0
-        self.last_keys = []
+        self._keys, self._position, self._start_batch = [], 0, 0
+        self.last_keys, self.last_positions = [], []
 
     @property
     def iters_per_epoch(self):
@@ -230,7 +233,13 @@ class BatchStream:
         self.epoch, start_batch = divmod(iteration, self.iters_per_epoch)
         self._open(start_batch)
 
+    @property
+    def rows_per_epoch(self):
+        """Places of an epoch: its batches x the batch over every process."""
+        return len(self.sampler) * self.sampler.batch_size * self.sampler.world_size
+
     def _open(self, start_batch=0):
+        self._start_batch = start_batch
         self.sampler.set_epoch(self.epoch, start_batch)
         self._keys, self._position = list(iter(self.sampler)), 0  # what the loader yields, in its order
         loader = paddle.io.DataLoader(_LoaderDataset(self.dataset), batch_sampler=self.sampler,
@@ -272,5 +281,8 @@ class BatchStream:
             self._iter = None  # the loader is dropped: its thread stops instead of reading on
             raise ConfigError(batch[ERROR_KEY])
         self.last_keys = self._keys[self._position]
+        first = ((self._start_batch + self._position) * self.sampler.world_size + self.sampler.rank) \
+            * self.sampler.batch_size
+        self.last_positions = [(self.epoch, first + j) for j in range(len(self.last_keys))]
         self._position += 1
         return batch

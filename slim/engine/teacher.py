@@ -53,9 +53,14 @@ class CacheOptions:
 class Setup:
     """What preparing a teacher needs from the run's set-up."""
 
-    def __init__(self, task, cfg, log, precision, train_set, batch_size, world, data_seed, example):
+    def __init__(self, task, cfg, log, precision, train_set, batch_size, world, data_seed, example, places=None):
         self.task, self.cfg, self.log, self.precision = task, cfg, log, precision
         self.train_set, self.batch_size, self.world, self.data_seed = train_set, batch_size, world, data_seed
+        # a cache's rows per epoch: one per sample, or, when the collate mixes each batch (Mixup), one per place in
+        # the epoch's batches (`places` of them): a mixed sample is its batch's, and a sample that refills the
+        # last batch is mixed with other partners there (the trainer then keys by place: BatchStream.last_positions)
+        self.places = places
+        self.cache_rows = places or len(train_set)
         self.example = example  # a collated batch of one sample (None for tasks without collate)
         self.args, self.kwargs = task.model_inputs(example, "train") if example is not None else ((), {})
 
@@ -236,7 +241,7 @@ class _Caches:
             cache = TeacherCache(root, parts, self.options.dtype, self.options.topk, self.options.rebuild,
                                  log=self.log)
             self.caches[group] = cache
-            if cache.open(len(setup.train_set)):
+            if cache.open(setup.cache_rows):
                 self.log(f"teacher cache {root}: its fingerprint matches this run; cached entries are read and the "
                          f"teacher runs only for the others")
                 if self.options.repair and env.is_main_process():
@@ -331,6 +336,8 @@ def _data_parts(setup, names):
                                    "samples": len(setup.train_set)})
     parts["data seed"] = part(f"--data_seed {setup.data_seed}")
     parts["batches"] = part(f"{setup.batch_size} samples per process x {setup.world} process(es)")
+    if setup.places:
+        parts["entries"] = part(f"one per place in an epoch's batches ({setup.places}): each batch is mixed")
     parts["teacher tensors"] = part(", ".join(names))
     parts["teacher precision"] = part(f"{setup.precision.name} {setup.precision.level}")
     return parts

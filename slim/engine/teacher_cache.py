@@ -5,7 +5,8 @@
 
 The first run stores, for every training sample it visits, the teacher tensors its distillation pairs
 compare (the teacher's side of each pair: logits and/or features, before connectors), keyed by
-(epoch, sample index). A later run with the same key reads them and does not run the teacher; the teacher
+(epoch, sample index); when the collate mixes each batch (Mixup, Cutmix: what a sample is depends on its batch),
+by (epoch, place in that epoch's batches), the mixing replayed from the data seed (slim/engine/data.py). A later run with the same key reads them and does not run the teacher; the teacher
 is built only when an entry is missing (and then fills it). Exact replay needs the same augmented view of a
 sample at the same (epoch, index): the data loader seeds each sample's random transforms from
 (data seed, epoch, index) (slim/engine/data.py), and `--data_seed` (default: `--seed`) is separate from the
