@@ -6,12 +6,14 @@ STAMP  := $(VENV)/.installed
 REQS   ?= requirements.txt
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install test demo bench clean-venv
+.PHONY: install test demo bench docs clean-venv
 
-$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
+$(STAMP): requirements.txt requirements-nodeps.txt requirements-docs.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -r $(REQS)
 	$(BIN)/python -m pip install -q --no-deps -r requirements-nodeps.txt
+	# the documentation site's tools (pure Python): `make docs`, and tests/test_docs.py builds the site too
+	$(BIN)/python -m pip install -q -r requirements-docs.txt
 	# the package itself, editable: `import slim` and the slim-* commands work from any folder
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
@@ -20,6 +22,11 @@ install: $(STAMP)
 
 test: install
 	$(BIN)/python -m pytest -q tests
+
+# The documentation site (MkDocs, Material theme) into site/; --strict: a broken link or reference fails.
+# `$(BIN)/mkdocs serve` shows it at http://127.0.0.1:8000 while you edit docs/.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # The main distillation job: segmentation of nuclei, teacher -> student, about 7 minutes on 2 CPU cores.
 demo: install

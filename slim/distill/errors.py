@@ -30,7 +30,7 @@ class NonFiniteLossError(SlimError, FloatingPointError):
 
 
 def build_registered(registry, name, args, what, where=None):
-    """registry[name](**args), or a ConfigError that says where (e.g. "train_dataset"), names `what` (e.g.
+    """`registry[name](**args)`, or a ConfigError that says where (e.g. "train_dataset"), names `what` (e.g.
     "dataset type") and lists the known names for an unknown one, the given arguments for bad arguments."""
     prefix = f"{where}: " if where else ""
     if name not in registry:
