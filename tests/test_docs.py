@@ -91,3 +91,13 @@ def test_the_getting_started_commands_run_as_written(tmp_path):
                               env=dict(os.environ, OMP_NUM_THREADS="2"))
         assert done.returncode == 0, " ".join(cmd) + "\n" + done.stdout[-2000:] + done.stderr[-3000:]
     assert (tmp_path / "distill" / "best_model" / "model.pdparams").is_file()
+
+
+def test_the_readme_is_a_short_front_page_whose_links_exist():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        text = f.read()
+    assert len(text.splitlines()) < 300
+    links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text)
+    assert "docs/index.md" in links
+    missing = [link for link in links if not link.startswith("http") and not os.path.exists(os.path.join(ROOT, link))]
+    assert not missing, missing

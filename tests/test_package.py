@@ -62,12 +62,13 @@ def test_every_console_script_answers_help_from_outside_the_checkout(tmp_path):
 
 
 def test_the_folders_depend_in_one_direction():
-    """distill (engine) <- engine (trainer) <- tasks, depth <- apps <- tools, bench."""
+    """distill (engine) <- engine (trainer) <- tasks, depth, quant <- apps <- tools, bench."""
     forbidden = {
-        "slim/distill": r"(from|import) +slim\.(engine|tasks|depth|apps)\b|from \.\.(engine|tasks|depth|apps)\b",
-        "slim/engine": r"(from|import) +slim\.(tasks|depth|apps)\b|from \.\.(tasks|depth|apps)\b",
+        "slim/distill": r"(from|import) +slim\.(engine|tasks|depth|quant|apps)\b|from \.\.(engine|tasks|depth|quant|apps)\b",
+        "slim/engine": r"(from|import) +slim\.(tasks|depth|quant|apps)\b|from \.\.(tasks|depth|quant|apps)\b",
         "slim/tasks": r"(from|import) +slim\.(apps|depth)\b",
         "slim/depth": r"(from|import) +slim\.(apps|tasks)\b",
+        "slim/quant": r"(from|import) +slim\.(apps|tasks|depth)\b",
     }
     found = []
     for folder, pattern in forbidden.items():
