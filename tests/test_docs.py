@@ -24,7 +24,8 @@ def site(tmp_path_factory):
     done = subprocess.run([MKDOCS, "build", "--strict", "-d", str(out)], cwd=ROOT, capture_output=True, text=True,
                           timeout=600, env=dict(os.environ, NO_MKDOCS_2_WARNING="1", PYTHONPATH=ROOT))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    assert "WARNING" not in done.stderr, done.stderr[-5000:]
+    # mkdocs's own warnings (its log lines start "WARNING -"; Paddle's import prints other WARNING lines)
+    assert not re.search(r"^WARNING +-", done.stderr, re.M), done.stderr[-5000:]
     return out
 
 
