@@ -29,6 +29,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 PY = sys.executable
+from slim.apps import commands  # noqa: E402
 
 
 def pairs(args):
@@ -94,11 +95,7 @@ def main(argv=None):
     for name, codes, findings, check, wall in rows:
         lines.append(f"| {name} | {', '.join(map(str, codes))} | {'; '.join(findings) or 'nothing'} | {check:.1f} | "
                      f"{wall:.1f} |")
-    table = "\n".join(lines)
-    print(table)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(table + "\n")
+    commands.save_results(args.out, "\n".join(lines))
     return 0
 
 

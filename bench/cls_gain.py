@@ -18,7 +18,6 @@ of the teacher-student top-1 gap each distilled student closes, and the wall tim
 (the machine's load adds noise to it).
 """
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -32,6 +31,7 @@ from slim.apps import commands  # noqa: E402
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 from slim.apps.experiments import cls as experiment  # noqa: E402
+from slim.apps.experiments import ensemble  # noqa: E402
 
 
 def summary(values):
@@ -62,12 +62,7 @@ def main(argv=None):
                         "the student alone, KD, KD + logit standardisation, DIST, DKD, the best of them + PKD, "
                         "each seed reading the teacher's outputs from a teacher cache; best checkpoint by val top-1")
     p.add_argument("--teacher_weights", default=None, help="--methods: this trained teacher instead of training one")
-    p.add_argument("--teachers", action="store_true",
-                   help="two teachers against one (slim/apps/experiments/ensemble.py): teachers of seeds 0 and 1, "
-                        "the student alone, distilled from each, and from both (mean_prob, mean_logit), through "
-                        "teacher caches")
-    p.add_argument("--teachers_weights", nargs=2, default=None, metavar=("A", "B"),
-                   help="--teachers: these two trained teachers instead of training them")
+    ensemble.add_arguments(p)
     args = p.parse_args(argv)
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
@@ -116,14 +111,8 @@ def main(argv=None):
         cross = summary([r.get("cross_recall_at_1") for r in rows]) if name != "teacher" else ""
         lines.append(f"| {name} | {params} | {summary([r['top1'] for r in rows])} | "
                      f"{summary([r['recall_at_1'] for r in rows])} | {cross} | {gap} | {wall} |")
-    lines += ["", f"total wall time {time.time() - t_start:.0f} s; command: python bench/cls_gain.py "
-              + " ".join(sys.argv[1:] if argv is None else argv)]
-    text = "\n".join(lines)
-    print("\n" + text, flush=True)
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(text + "\n")
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump({"per_seed": per_seed, "args": vars(args)}, f, indent=1)
+    commands.save_results(out, "\n".join(lines), {"per_seed": per_seed, "args": vars(args)}, "bench/cls_gain.py", argv,
+                          t_start)
     return 0
 
 
@@ -152,7 +141,7 @@ def compare_methods(args, out, opts):
 
 
 def compare_teachers(args, out, opts):
-    from slim.apps.experiments import ensemble, methods
+    from slim.apps.experiments import methods
     out = os.path.join(out, "teachers")
     os.makedirs(out, exist_ok=True)
     say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731

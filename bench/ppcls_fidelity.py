@@ -254,9 +254,7 @@ def main(argv=None):
             f"top-1 " + ", ".join(f"{k} {fmt(v)}" for k, v in teachers.items())
             + f". Students MobileNetV3_large_x1_0, {args.epochs} epochs, from PaddleClas's teacher; top-1 of the "
             f"final weights:\n\n" + table(rows, args.modes) + f"\n\ntotal {time.time() - t0:.0f} s")
-    print("\n" + text, flush=True)
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(text + "\n")
+    commands.save_results(out, text)
     return 0
 
 

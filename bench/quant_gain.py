@@ -388,14 +388,7 @@ def main(argv=None):
         texts.append(latency_table(rows, args.latency_warmup, args.latency_repeats))
         results["latency"] = [{"model": n, "input": s, "fp32_ms": f, "int8_ms": i, "size_bytes": z}
                               for n, s, f, i, z in rows]
-    texts.append(f"total wall time {time.time() - t_start:.0f} s; command: python bench/quant_gain.py "
-                 + " ".join(sys.argv[1:] if argv is None else argv))
-    text = "\n\n".join(texts)
-    print("\n" + text, flush=True)
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(text + "\n")
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    commands.save_results(out, "\n\n".join(texts), results, "bench/quant_gain.py", argv, t_start)
     return 0
 
 

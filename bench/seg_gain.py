@@ -20,6 +20,7 @@ sys.path.insert(0, ROOT)
 
 from slim.apps import commands  # noqa: E402
 from slim.apps.commands import PY  # noqa: E402
+from slim.apps.experiments import ensemble  # noqa: E402
 
 
 def run(cmd, log):
@@ -51,12 +52,7 @@ def main():
                         "the student alone, KD, KD + logit standardisation, DIST, CWD on logits, the best of "
                         "them + PKD, each seed reading the teacher's outputs from a teacher cache")
     p.add_argument("--teacher_weights", default=None, help="--methods: this trained teacher instead of training one")
-    p.add_argument("--teachers", action="store_true",
-                   help="two teachers against one (slim/apps/experiments/ensemble.py): teachers of seeds 0 and 1, "
-                        "the student alone, distilled from each, and from both (mean_prob, mean_logit), through "
-                        "teacher caches")
-    p.add_argument("--teachers_weights", nargs=2, default=None, metavar=("A", "B"),
-                   help="--teachers: these two trained teachers instead of training them")
+    ensemble.add_arguments(p)
     args = p.parse_args()
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
@@ -139,7 +135,7 @@ def compare_methods(args, out):
 
 
 def compare_teachers(args, out):
-    from slim.apps.experiments import ensemble, methods
+    from slim.apps.experiments import methods
     out = os.path.join(out, "teachers")
     os.makedirs(out, exist_ok=True)
     say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731

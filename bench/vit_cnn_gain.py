@@ -136,14 +136,8 @@ def main(argv=None):
         r = results[name]
         lines.append(f"| {name} | {r.get('teacher') or '-'} | {r['iters']} | {summary(r['top1'])} | "
                      f"{statistics.mean(r['wall']):.0f} |")
-    lines += ["", f"total wall time {time.time() - t_start:.0f} s; command: python bench/vit_cnn_gain.py "
-              + " ".join(sys.argv[1:] if argv is None else argv)]
-    text = "\n".join(lines)
-    print("\n" + text, flush=True)
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(text + "\n")
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump({"results": results, "args": vars(args)}, f, indent=1)
+    commands.save_results(out, "\n".join(lines), {"results": results, "args": vars(args)}, "bench/vit_cnn_gain.py",
+                          argv, t_start)
     return 0
 
 

@@ -112,3 +112,21 @@ def main_guard(fn, *args, **kwargs):
     except CommandFailed as e:
         print(str(e), file=sys.stderr, flush=True)
         return e.code or 1
+
+
+def save_results(out, text, data=None, script=None, argv=None, started=None):
+    """Print a benchmark's `text` and keep it in OUT/results.md (with `data`, the raw figures, in results.json).
+    With `script` and `started` (time.time() at its start) a last line gives the total wall time and the command
+    that printed it."""
+    if script is not None and started is not None:
+        args = sys.argv[1:] if argv is None else argv
+        text += f"\n\ntotal wall time {time.time() - started:.0f} s; command: python {script} " + " ".join(map(str, args))
+    print("\n" + text, flush=True)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(text + "\n")
+    if data is not None:
+        import json
+        with open(os.path.join(out, "results.json"), "w") as f:
+            json.dump(data, f, indent=1)
+    return text

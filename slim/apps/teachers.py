@@ -93,7 +93,7 @@ def _from_list(listed, cfg):
 
 def build(args, task, cfg, specs, student, allow_untrained, notes):
     """(OrderedDict name -> teacher (a frozen model, or a TeacherSource with --teacher_cache), teacher configs,
-    the student config (a slim config may change it), pairs of slim configs (routed to their teacher))."""
+    pairs of slim configs (routed to their teacher)); slim configs are read before (read_slim_configs)."""
     from slim.engine.teacher import TeacherSource
     if len(specs) > 1 and task.pair_needs_teacher(cfg):
         raise ConfigError("head_from_teacher / embedding_projection prepare the student from one teacher; with "
@@ -103,8 +103,7 @@ def build(args, task, cfg, specs, student, allow_untrained, notes):
     for spec in specs:
         key = f"teachers.{spec['name']}.weights" if spec["weights"] else None
         if spec.get("slim_config"):  # PaddleDetection's form: teacher, weights and pairs of one slim config
-            from .distill import teacher_from_slim_config
-            cfg, teacher_cfg, spec["weights"], pairs = teacher_from_slim_config(task, cfg, spec["slim_config"], notes)
+            teacher_cfg, spec["weights"], pairs = spec["slim"]  # read by read_slim_configs
             spec["config"], key = spec["slim_config"], f"pretrain_weights (of --slim_config {spec['slim_config']})"
             # its pairs compare with its own teacher; names prefixed, as two slim configs may name terms alike
             extra += [dict(p, teacher_name=spec["name"], name=f"{spec['name']}_{p.get('name') or i}")
@@ -130,7 +129,7 @@ def build(args, task, cfg, specs, student, allow_untrained, notes):
     notes.append(f"{len(teachers)} teachers: " + ", ".join(
         f"{n} ({os.path.basename(s['config'])}" + (f", {s['precision']}" if s["precision"] else "") + ")"
         for n, s in zip(teachers, specs)))
-    return teachers, configs, cfg, extra
+    return teachers, configs, extra
 
 
 def _prefixed(notes, name):
@@ -143,19 +142,21 @@ def run(args, task, cfg, specs, allow_untrained, notes):
     if getattr(args, "slim_config", None) and not any(spec.get("slim_config") for spec in specs):
         raise ConfigError("--slim_config names one teacher (PaddleDetection's form); with -t or `teachers:` give "
                           "the pairs in the student config, or give every teacher as a --slim_config.")
-    if any(spec.get("slim_config") for spec in specs):  # slim configs may change the student config
-        cfg = _merged_student_cfg(task, cfg, specs, notes)
+    cfg = read_slim_configs(task, cfg, specs, notes)  # they may change the student config
     student = launch.build_student(task, cfg, args.init_weights, log=notes.append)
-    teachers, configs, cfg, extra = build(args, task, cfg, specs, student, allow_untrained, notes)
+    teachers, configs, extra = build(args, task, cfg, specs, student, allow_untrained, notes)
     first = next(iter(configs.values()))
     pairs, adaptors = distill_pairs(task, cfg, first, extra, notes)
     save_dir = args.save_dir or launch.run_folder_name(task, cfg, list(configs.values()), pairs)
     launch.train(task, cfg, student, teachers, pairs, adaptors, launch.options_from_args(args, save_dir), notes)
 
 
-def _merged_student_cfg(task, cfg, specs, notes):
-    """The student config after every slim config's changes (read once before the student is built)."""
+def read_slim_configs(task, cfg, specs, notes):
+    """Read each teacher's slim config once, in order (each may change the student config): its teacher config,
+    weights and pairs go in `spec["slim"]`; returns the student config after all of them."""
     from .distill import teacher_from_slim_config
     for spec in specs:
-        cfg = teacher_from_slim_config(task, cfg, spec["slim_config"], [])[0]
+        if spec.get("slim_config"):
+            cfg, teacher_cfg, weights, pairs = teacher_from_slim_config(task, cfg, spec["slim_config"], notes)
+            spec["slim"] = (teacher_cfg, weights, pairs)
     return cfg

@@ -34,11 +34,10 @@ combined (`ensemble: mean_prob | mean_logit`) or one term per teacher (`ensemble
 ensemble.py). Their tensors are named `<teacher>/<tensor>` (`teacher_tensor_names()`); each teacher is
 built by its own factory and may run in its own context (`teacher_context`: e.g. its precision).
 """
+import contextlib
 from collections import OrderedDict
 
 import paddle
-
-import contextlib
 
 from .adaptor import AdaptorBase, FeatureRecorder, LayerRef, find_sublayer, unwrap
 from .connectors import ConnectorSet, build_connector, connector_key, match_spatial
@@ -330,14 +329,6 @@ class Distiller:
         return list(OrderedDict.fromkeys(n for p in self.pairs for t, names in self._tensor_names[p.name].items()
                                          if teachers is None or t in teachers for n in names))
 
-    def teacher_of(self, tensor_name):
-        """The teacher a tensor name (teacher_tensor_names()) belongs to."""
-        for pair in self.pairs:
-            for teacher, names in self._tensor_names[pair.name].items():
-                if tensor_name in names:
-                    return teacher
-        raise KeyError(tensor_name)
-
     def teacher_features(self, *inputs, teachers=None, **kwargs):
         """Run the teachers (`teachers`, default all) alone (no_grad) -> OrderedDict name -> tensor of every
         teacher tensor the pairs compare, as captured (before connectors, resizing, ensembles or casts)."""
@@ -358,8 +349,10 @@ class Distiller:
         return feats
 
     def _teacher_output(self):
-        outputs = OrderedDict((n, getattr(side, "output", None)) for n, side in self._sides.items())
-        return next(iter(outputs.values())) if len(self._models) == 1 else outputs
+        """The teacher's output of the step, or {name: output} of several teachers."""
+        if len(self._models) == 1:
+            return getattr(next(iter(self._sides.values())), "output", None)
+        return OrderedDict((n, getattr(side, "output", None)) for n, side in self._sides.items())
 
     def _pair_teacher_tensors(self, pair, feats):
         """The teacher tensors a pair's loss compares: one teacher's, or every teacher's combined."""

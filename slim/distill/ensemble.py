@@ -15,12 +15,14 @@
 import paddle
 import paddle.nn.functional as F
 
+from .precision import float32
+
 TINY = 1e-12  # keeps log finite where every teacher gives a class probability 0
 
 
 def combine(tensors, mode, axis=1):
     """One tensor from several teachers' tensors of one shape (float32)."""
-    tensors = [t.astype("float32") for t in tensors]
+    tensors = [float32(t) for t in tensors]
     if len(tensors) == 1:
         return tensors[0]
     if mode == "mean_logit":

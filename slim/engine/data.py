@@ -209,10 +209,10 @@ class ResumableBatchSampler(paddle.io.BatchSampler):
 
 class BatchStream:
     """An endless iterator of batches over epochs, resumable at any iteration. `last_keys`: the
-    (epoch, index) of each sample of the batch last returned (the key of a teacher-output cache);
-    `last_positions`: (epoch, its place in the epoch's batches over every process) of each, which names a
-    sample of a mixed batch (Mixup: what a sample is depends on its batch) and tells apart the two visits of a
-    sample that fills up the last batch of an epoch (`rows_per_epoch` places an epoch)."""
+    (epoch, index) of each sample of the batch last returned. `cache_keys` names that batch's rows in a
+    teacher-output cache: its `last_keys`, or, when the collate mixes each batch (Mixup: what a sample is depends
+    on its batch, and a sample refilling the last batch of an epoch is mixed with other partners there), each
+    row's (epoch, place in the epoch's batches over every process); `cache_rows` rows make an epoch."""
 
     def __init__(self, dataset, batch_size, collate_fn=None, num_workers=0, seed=0, rank=0, world_size=1,
                  shuffle=True, drop_last=True):
@@ -222,7 +222,8 @@ class BatchStream:
         self._iter = None
         self.epoch = 0
         self._keys, self._position, self._start_batch = [], 0, 0
-        self.last_keys, self.last_positions = [], []
+        self.last_keys = []
+        self.mixes_batches = bool(getattr(collate_fn, "draws_per_batch", False))
 
     @property
     def iters_per_epoch(self):
@@ -234,9 +235,20 @@ class BatchStream:
         self._open(start_batch)
 
     @property
-    def rows_per_epoch(self):
-        """Places of an epoch: its batches x the batch over every process."""
-        return len(self.sampler) * self.sampler.batch_size * self.sampler.world_size
+    def cache_rows(self):
+        """Rows of an epoch in a teacher-output cache: its samples, or its places when batches are mixed."""
+        if self.mixes_batches:
+            return len(self.sampler) * self.sampler.batch_size * self.sampler.world_size
+        return len(self.dataset)
+
+    @property
+    def cache_keys(self):
+        """The cache keys of the batch last returned (see the class docstring)."""
+        if not self.mixes_batches:
+            return self.last_keys
+        batch = self._start_batch + self._position - 1  # the epoch's batch last returned
+        first = (batch * self.sampler.world_size + self.sampler.rank) * self.sampler.batch_size
+        return [(self.epoch, first + j) for j in range(len(self.last_keys))]
 
     def _open(self, start_batch=0):
         self._start_batch = start_batch
@@ -281,8 +293,5 @@ class BatchStream:
             self._iter = None  # the loader is dropped: its thread stops instead of reading on
             raise ConfigError(batch[ERROR_KEY])
         self.last_keys = self._keys[self._position]
-        first = ((self._start_batch + self._position) * self.sampler.world_size + self.sampler.rank) \
-            * self.sampler.batch_size
-        self.last_positions = [(self.epoch, first + j) for j in range(len(self.last_keys))]
         self._position += 1
         return batch

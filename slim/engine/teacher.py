@@ -28,6 +28,7 @@ import paddle
 from slim.distill import Distiller
 from slim.distill.adaptor import unwrap
 from slim.distill.errors import ConfigError, SlimError
+from slim.distill.precision import float32
 from . import env
 from .amp import Precision, decorate_for_o2
 from .analysis import describe_model
@@ -53,14 +54,11 @@ class CacheOptions:
 class Setup:
     """What preparing a teacher needs from the run's set-up."""
 
-    def __init__(self, task, cfg, log, precision, train_set, batch_size, world, data_seed, example, places=None):
+    def __init__(self, task, cfg, log, precision, train_set, batch_size, world, data_seed, example, stream):
         self.task, self.cfg, self.log, self.precision = task, cfg, log, precision
         self.train_set, self.batch_size, self.world, self.data_seed = train_set, batch_size, world, data_seed
-        # a cache's rows per epoch: one per sample, or, when the collate mixes each batch (Mixup), one per place in
-        # the epoch's batches (`places` of them): a mixed sample is its batch's, and a sample that refills the
-        # last batch is mixed with other partners there (the trainer then keys by place: BatchStream.last_positions)
-        self.places = places
-        self.cache_rows = places or len(train_set)
+        # a cache's rows per epoch and whether they are places in mixed batches (BatchStream.cache_keys)
+        self.cache_rows, self.mixed_batches = stream.cache_rows, stream.mixes_batches
         self.example = example  # a collated batch of one sample (None for tasks without collate)
         self.args, self.kwargs = task.model_inputs(example, "train") if example is not None else ((), {})
 
@@ -336,8 +334,8 @@ def _data_parts(setup, names):
                                    "samples": len(setup.train_set)})
     parts["data seed"] = part(f"--data_seed {setup.data_seed}")
     parts["batches"] = part(f"{setup.batch_size} samples per process x {setup.world} process(es)")
-    if setup.places:
-        parts["entries"] = part(f"one per place in an epoch's batches ({setup.places}): each batch is mixed")
+    if setup.mixed_batches:
+        parts["entries"] = part(f"one per place in an epoch's batches ({setup.cache_rows}): each batch is mixed")
     parts["teacher tensors"] = part(", ".join(names))
     parts["teacher precision"] = part(f"{setup.precision.name} {setup.precision.level}")
     return parts
@@ -357,7 +355,8 @@ def _host_arrays(feats):
 
 
 def _device_tensors(arrays):
-    return OrderedDict((n, paddle.to_tensor(a).astype("float32")) for n, a in arrays.items())
+    """The stored arrays as float32 tensors on the device (float16 entries are cast there, after the copy)."""
+    return OrderedDict((n, float32(paddle.to_tensor(a))) for n, a in arrays.items())
 
 
 class CachedTeacher(LiveTeacher):

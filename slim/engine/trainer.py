@@ -234,10 +234,8 @@ class Trainer:
                              getattr(opts, "teacher_cache_repair", False)) if cache else None
         teacher = make_teacher(self.task, self.student, self._teacher, self.pairs, self.adaptors, cache)
         teacher.build_now(self.log, self.precision)  # without a cache the teachers run every step: build them
-        # batches the collate mixes (Mixup: `draws_per_batch`) key a teacher cache by place, not by sample
-        self.keyed_by_place = bool(getattr(self.stream.collate_fn, "draws_per_batch", False))
         setup = Setup(self.task, self.cfg, self.log, self.precision, self.train_set, self.batch_size, self.world,
-                      self.data_seed, self.example, self.stream.rows_per_epoch if self.keyed_by_place else None)
+                      self.data_seed, self.example, self.stream)
         self.log(describe_model("student", self.student, setup.args, setup.kwargs))
         describe_teachers(teacher, self.log, setup.args, setup.kwargs)
         self.log(self.precision.describe())
@@ -500,8 +498,8 @@ class Trainer:
 
         def forward():
             label = self.task.distill_label(batch) if self.distiller is not None else None
-            keys = self.stream.last_positions if self.keyed_by_place else self.stream.last_keys
-            student_out, distill_terms = self.teacher_source.forward(args, kwargs, label, keys, self.iter)
+            student_out, distill_terms = self.teacher_source.forward(args, kwargs, label, self.stream.cache_keys,
+                                                                     self.iter)
             terms = OrderedDict()
             if low:  # the task's losses in fp32 too
                 with float32_losses():

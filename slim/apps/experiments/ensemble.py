@@ -25,6 +25,16 @@ LOGIT_LOSS = {
 }
 
 
+def add_arguments(parser):
+    """--teachers and --teachers_weights of bench/seg_gain.py and bench/cls_gain.py."""
+    parser.add_argument("--teachers", action="store_true",
+                        help="two teachers against one (slim/apps/experiments/ensemble.py): teachers of seeds 0 and "
+                             "1, the student alone, distilled from each, and from both (mean_prob, mean_logit), "
+                             "through teacher caches")
+    parser.add_argument("--teachers_weights", nargs=2, default=None, metavar=("A", "B"),
+                        help="--teachers: these two trained teachers instead of training them")
+
+
 def train_teachers(out, teacher_config, flags, opts=(), log=print):
     """Teachers A (seed 0) and B (seed 1) of one config: their weights."""
     weights = []

@@ -145,8 +145,4 @@ def table(result, title):
 
 def save(out, result, table):
     """Print the table and keep it, with the raw figures, in out/results.md and out/results.json."""
-    print(table, flush=True)
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(table + "\n")
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump(result, f, indent=1)
+    commands.save_results(out, table, result)

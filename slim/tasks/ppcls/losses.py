@@ -40,10 +40,12 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from slim.distill.ensemble import combine
 from slim.distill.errors import ConfigError
 from slim.distill.losses._utils import smooth_l1
 from slim.distill.losses.correlation import DISTLoss
 from slim.distill.losses.kd import DKDLoss, KLLoss
+from slim.distill.pairs import ENSEMBLES
 from slim.distill.weight_schedule import build_schedule
 
 NO_IGNORE = -100  # classification labels are never ignored (255 is a class of ImageNet)
@@ -68,6 +70,12 @@ def _label(label):
     return label.reshape([-1]).astype("int64")
 
 
+def soft_cross_entropy(student, teacher):
+    """PaddleClas's DistillationCELoss: CE of the student against softmax(teacher), no temperature, as its CELoss
+    computes it (paddle's soft-label cross_entropy)."""
+    return F.cross_entropy(student, F.softmax(teacher, axis=-1), soft_label=True)
+
+
 def cross_entropy(logits, label, epsilon=None):
     """-mean log softmax(z)_y; with epsilon, against (1 - eps) onehot + eps / C (PaddleClas's label_smooth).
     Soft targets (N, C) as PaddleClas's CELoss reads them: (1 - eps) target + eps / C with epsilon; without it,
@@ -78,7 +86,7 @@ def cross_entropy(logits, label, epsilon=None):
     if is_soft(label, logits):
         target = label.astype(logits.dtype)
         if not smooth:
-            return F.cross_entropy(logits, F.softmax(target, axis=-1), soft_label=True)
+            return soft_cross_entropy(logits, target)
     else:
         label = _label(label)
         if not smooth:
@@ -86,12 +94,6 @@ def cross_entropy(logits, label, epsilon=None):
         target = F.one_hot(label, logits.shape[-1])
     target = F.label_smooth(target, epsilon=float(epsilon))
     return paddle.sum(-F.log_softmax(logits, axis=-1) * target, axis=-1).mean()
-
-
-def soft_cross_entropy(student, teacher):
-    """PaddleClas's DistillationCELoss: CE of the student against softmax(teacher), no temperature, as its CELoss
-    computes it (paddle's soft-label cross_entropy)."""
-    return F.cross_entropy(student, F.softmax(teacher, axis=-1), soft_label=True)
 
 
 class PaddleClasLoss(nn.Layer):
@@ -196,7 +198,6 @@ class _PairLoss(PaddleClasLoss):
     def terms(self, predicts, label):
         out = OrderedDict()
         if self.ensemble in ("mean_prob", "mean_logit"):  # [[S, T1], [S, T2]] -> one term on T1 and T2 combined
-            from slim.distill.ensemble import combine
             students = OrderedDict()
             for a, b in self.model_name_pairs:
                 students.setdefault(a, []).append(b)
@@ -546,7 +547,7 @@ def build_loss_entry(entry, where="Loss.Train"):
     (name, params), = entry.items()
     params = dict(params or {})
     ensemble = params.pop("ensemble", None)  # with several frozen teachers (slim/distill/ensemble.py)
-    if ensemble not in (None, "mean_prob", "mean_logit", "per_teacher"):
+    if ensemble is not None and ensemble not in ENSEMBLES:
         raise ConfigError(f"{where}: {name} ensemble must be mean_prob, mean_logit or per_teacher (PaddleClas's "
                           f"one term per [student, teacher] pair), got {ensemble!r}")
     if name not in LOSSES:
