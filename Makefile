@@ -28,7 +28,7 @@ test: install
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
-# The main distillation job: segmentation of nuclei, teacher -> student, about 7 minutes on 2 CPU cores.
+# The main distillation job: segmentation of nuclei, teacher -> student, about 6 minutes on 2 CPU cores.
 demo: install
 	$(BIN)/python tools/demo.py seg --out output/demo
 
