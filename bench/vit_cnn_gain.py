@@ -2,7 +2,7 @@
 soft) and ViT teacher -> CNN student (a token-to-map feature pair), over seeds.
 
     python bench/vit_cnn_gain.py --seeds 3 [--out output/bench/vit_cnn_gain] [--per_class 0]
-                                 [--iters 1000] [--teacher_iters 1000] [--vit_teacher_iters 2000]
+                                 [--iters 1000] [--teacher_iters 1000] [--vit_teacher_iters 2000] [--reuse_teachers]
 
 Data: the MNIST-5k file (default --per_class 0: all of it, 4000 train / 1000 val; N: at most N images per class
 and split). Configs (configs/cls/), every command the package's own:
@@ -95,6 +95,9 @@ def main(argv=None):
     p.add_argument("--iters", type=int, default=1000, help="iterations of every student run")
     p.add_argument("--teacher_iters", type=int, default=1000, help="iterations of the CNN teacher")
     p.add_argument("--vit_teacher_iters", type=int, default=2000, help="iterations of the ViT teacher")
+    p.add_argument("--reuse_teachers", action="store_true",
+                   help="take a teacher's last checkpoint a former run left in --out (same iterations) instead of "
+                        "training it again (its train time is then not in the table)")
     args = p.parse_args(argv)
     out = os.path.abspath(args.out)
     logs = os.path.join(out, "logs")
@@ -106,13 +109,18 @@ def main(argv=None):
 
     teachers, results = {}, {}
     for name, iters in (("CNN teacher", args.teacher_iters), ("ViT teacher", args.vit_teacher_iters)):
-        weights, wall = train(name, TEACHERS[name], os.path.join(out, "runs", name.split()[0].lower() + "_teacher"),
-                              0, iters, opts, logs)
+        run_dir = os.path.join(out, "runs", name.split()[0].lower() + "_teacher")
+        done = os.path.join(run_dir, f"iter_{iters}", "model.pdparams")
+        if args.reuse_teachers and os.path.isfile(done):
+            weights, wall = done, float("nan")
+        else:
+            weights, wall = train(name, TEACHERS[name], run_dir, 0, iters, opts, logs)
         top1 = evaluate(TEACHERS[name], weights, opts, os.path.join(logs, f"eval_{name.split()[0]}_teacher.log"),
                         os.path.join(out, f"eval_{name.split()[0]}_teacher.json"))
         teachers[name] = weights
         results[name] = {"top1": [top1], "wall": [wall], "iters": iters}
-        print(f"{name}: top-1 {top1:.4f} ({wall:.0f} s)", flush=True)
+        print(f"{name}: top-1 {top1:.4f} ({wall:.0f} s)" if wall == wall else f"{name}: top-1 {top1:.4f} (reused)",
+              flush=True)
     for seed in range(args.seeds):
         for name, config, teacher, cache in RUNS:
             run_dir = os.path.join(out, "runs", f"seed{seed}", name.split(",")[0].replace(" ", "_").replace("+", "p")
@@ -135,7 +143,8 @@ def main(argv=None):
     for name in list(TEACHERS) + [run[0] for run in RUNS]:
         r = results[name]
         lines.append(f"| {name} | {r.get('teacher') or '-'} | {r['iters']} | {summary(r['top1'])} | "
-                     f"{statistics.mean(r['wall']):.0f} |")
+                     + ("- (a former run's)" if r["wall"][0] != r["wall"][0] else f"{statistics.mean(r['wall']):.0f}")
+                     + " |")
     commands.save_results(out, "\n".join(lines), {"results": results, "args": vars(args)}, "bench/vit_cnn_gain.py",
                           argv, t_start)
     return 0

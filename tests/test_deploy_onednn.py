@@ -1,5 +1,5 @@
-"""Exports Paddle Inference runs with oneDNN (slim/quant/export_compat.py): the resize ops written with gather
-equal Paddle's kernel (checked against a NumPy transcription of paddle/phi/kernels/cpu/interpolate_kernel.cc) and
+"""Exports Paddle Inference runs with oneDNN (slim/quant/export_compat.py): the resize ops written with matmul or
+gather equal Paddle's kernel (checked against a NumPy transcription of paddle/phi/kernels/cpu/interpolate_kernel.cc) and
 run under oneDNN; conv + leaky_relu runs; old-IR traces of PIR-only APIs work; the bugs still exist without the
 workarounds."""
 import json
@@ -103,12 +103,32 @@ def test_resize_is_exported_without_interp_ops_and_equals_paddles_kernel_under_o
     with onednn_pir_ops():
         paddle.jit.save(layer, prefix, input_spec=[paddle.static.InputSpec([None, 3, None, None], "float32", "x")])
     assert unsupported_ops_in(_program_ops(prefix)) == []
-    assert "gather" in _program_ops(prefix)
+    # nearest: gathers; linear: a matmul per axis with the interpolation matrix (no gather: fast under oneDNN)
+    nearest = np_kwargs.get("method") == "nearest"
+    assert ("gather" in _program_ops(prefix)) == nearest and ("matmul" in _program_ops(prefix)) != nearest
     got = _onednn(str(tmp_path), X)
     assert got.shape == reference.shape
     np.testing.assert_allclose(got, reference, rtol=1e-5, atol=1e-5)
     if np_kwargs.get("method") == "nearest":
         np.testing.assert_array_equal(got, dygraph)  # indices, not arithmetic: exactly Paddle's
+
+
+class ResizeNHWC(paddle.nn.Layer):
+    def forward(self, x):
+        return F.interpolate(x, size=paddle.shape(x)[1:3] * 2 + 3, mode="bilinear", data_format="NHWC")
+
+
+def test_channels_last_resize_equals_paddles_kernel_under_onednn(tmp_path):
+    """NHWC: H is resized with gathers, W (the second-last axis) with a matmul from the left."""
+    x = np.ascontiguousarray(X.transpose(0, 2, 3, 1))
+    layer = ResizeNHWC()
+    dygraph = layer(paddle.to_tensor(x)).numpy()
+    np.testing.assert_allclose(dygraph.transpose(0, 3, 1, 2), numpy_resize(X, (49, 37)), rtol=1e-5, atol=1e-5)
+    with onednn_pir_ops():
+        paddle.jit.save(layer, str(tmp_path / "model"),
+                        input_spec=[paddle.static.InputSpec([None, None, None, 3], "float32", "x")])
+    assert {"gather", "matmul"} <= set(_program_ops(str(tmp_path / "model")))
+    np.testing.assert_allclose(_onednn(str(tmp_path), x), dygraph, rtol=1e-5, atol=1e-5)
 
 
 def test_dygraph_calls_inside_the_block_keep_paddles_kernels():

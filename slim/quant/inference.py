@@ -105,6 +105,17 @@ def find_model(path: str):
     return model, (params if os.path.isfile(params) else "")  # a model without parameters has no .pdiparams
 
 
+def pick_model(path: str, precision: str = "fp32"):
+    """`find_model` for a precision: of a folder holding an fp32 (.json) and an int8 (.pdmodel) program, the one
+    the precision asks for."""
+    if os.path.isdir(path):
+        for name in MODEL_NAMES:
+            for ext in ((".pdmodel", ".json") if precision == "int8" else (".json", ".pdmodel")):
+                if os.path.isfile(os.path.join(path, name + ext)):
+                    return find_model(os.path.join(path, name + ext))
+    return find_model(path)
+
+
 def is_quantized_program(model_file: str) -> bool:
     """Whether an exported program holds quantize/dequantize ops (an int8 export)."""
     with open(model_file, "rb") as f:
@@ -162,7 +173,7 @@ class Predictor:
     def __init__(self, path: str, settings: Optional[InferenceSettings] = None):
         self.settings = settings or InferenceSettings()
         _check(self.settings)
-        self.model_file, self.params_file = self._pick_model(path)
+        self.model_file, self.params_file = pick_model(path, self.settings.precision)
         self.quantized = is_quantized_program(self.model_file)
         if self.settings.precision == "int8" and not self.quantized:
             raise ConfigError(f"--precision int8: {self.model_file} is an fp32 export (it holds no quantize/"
@@ -183,16 +194,6 @@ class Predictor:
         self.output_names = self.predictor.get_output_names()
         #: the first inputs `run` was given (for a latency measurement on real data)
         self.first_inputs: Optional[List[np.ndarray]] = None
-
-    def _pick_model(self, path):
-        if os.path.isdir(path):
-            # a folder with an fp32 (.json) and an int8 (.pdmodel) program: the one the precision asks for
-            for name in MODEL_NAMES:
-                exts = (".pdmodel", ".json") if self.settings.precision == "int8" else (".json", ".pdmodel")
-                for ext in exts:
-                    if os.path.isfile(os.path.join(path, name + ext)):
-                        return find_model(os.path.join(path, name + ext))
-        return find_model(path)
 
     def describe(self) -> str:
         kind = "int8 (quantize/dequantize ops)" if self.quantized else "fp32"
