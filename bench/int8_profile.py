@@ -15,7 +15,6 @@ types costing most); int8/fp32 ratios of the total and of the convolutions alone
 every figure alike; other processes on the machine add noise.
 """
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -210,12 +209,8 @@ def main(argv=None):
             lines.append(f"| {name} {'x'.join(map(str, r['input'][1:]))} | {label.replace('_', ' ')} | {total:.2f} | "
                          f"{conv:.2f} ({n_conv:.0f}) | {quant:.2f} ({n_quant:.0f}) | {rest:.2f} | {ratio} | "
                          f"{conv_ratio} | {kernels} | {top_rest(ops)} |")
-    data = {name: {k: ({"ops": v["ops"], "kernels": v["kernels"], "split": v["split"]} if isinstance(v, dict) else v)
-                   for k, v in r.items()} for name, r in results.items()}
-    commands.save_results(out, "\n".join(lines), {"results": data, "args": vars(args), "cpu": cpu, "flags": flags,
-                                                  "isa": isa}, "bench/int8_profile.py", argv, t_start)
-    with open(os.path.join(out, "results.json")) as f:
-        json.load(f)  # written whole
+    commands.save_results(out, "\n".join(lines), {"results": results, "args": vars(args), "cpu": cpu,
+                                                  "flags": flags, "isa": isa}, "bench/int8_profile.py", argv, t_start)
     return 0
 
 

@@ -3,7 +3,7 @@ package, seed by seed, from the same teacher weights.
 
     python bench/ppcls_fidelity.py --paddleclas /path/to/PaddleClas [--seeds 0 1 2] [--epochs 3] [--batch_size 32]
         [--teacher_epochs 10] [--teacher_arch ResNet50_vd] [--teacher_here] [--modes train eval]
-        [--out output/bench/ppcls_fidelity] [--reuse_teacher] [--same_batches --per_class 32]
+        [--out output/bench/ppcls_fidelity] [--reuse_teacher] [--rerun_threads 2] [--same_batches --per_class 32]
 
 PaddleClas runs from the user's checkout (its tools/train.py, in a subprocess, with this Python; its imports
 beyond paddle, e.g. easydict, must be importable: PYTHONPATH=... works); this package runs its own tools/train.py on
@@ -25,6 +25,9 @@ trains it with this package (same seed, another random stream: not paired). For 
 student with seed s; this package once per --modes entry: `train` is Arch.frozen_mode train (the frozen teacher in
 train mode, as PaddleClas runs it), `eval` this package's default. Reported: the top-1 on the 1000 val images of
 each run's final weights, per seed and the mean, and the difference of each student to PaddleClas's.
+--rerun_threads N runs PaddleClas's student a second time with N threads (the same config, seed and draws, only
+the order of float sums differs): how far PaddleClas lands from itself, the scale against which a difference
+between the two frameworks is read.
 
 --same_batches (with --per_class 32: 10 iterations of batch 32; --reuse_teacher takes the teacher a former run left
 in --out) feeds both identical batches instead: one epoch, no shuffle, ResizeImage in place of the random crop and
@@ -108,14 +111,20 @@ def fmt(value):
     return "-" if value is None else f"{value:.4f}"
 
 
-def table(rows, modes):
-    head = ["seed", "student PaddleClas", *[f"student here, frozen_mode {m}" for m in modes],
-            *[f"here - PaddleClas ({m})" for m in modes]]
+def table(rows, modes, rerun_threads=0):
+    """Per seed and on the mean: PaddleClas's student, this package's (per frozen mode), and with --rerun_threads
+    PaddleClas's again at another thread count; each against PaddleClas's."""
+    again = [f"again_{rerun_threads}"] if rerun_threads else []
+    keys = [*modes, *again]
+    names = {**{m: f"here, frozen_mode {m}" for m in modes},
+             **{a: f"PaddleClas again, {rerun_threads} threads" for a in again}}
+    head = ["seed", "student PaddleClas", *[f"student {names[k]}" for k in keys],
+            *[f"{names[k]} - PaddleClas" for k in keys]]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
 
     def line(label, r):
-        diffs = [None if r.get(m) is None or r["paddleclas"] is None else r[m] - r["paddleclas"] for m in modes]
-        cells = [label, fmt(r["paddleclas"]), *[fmt(r.get(m)) for m in modes],
+        diffs = [None if r.get(k) is None or r["paddleclas"] is None else r[k] - r["paddleclas"] for k in keys]
+        cells = [label, fmt(r["paddleclas"]), *[fmt(r.get(k)) for k in keys],
                  *[("-" if d is None else f"{d:+.4f}") for d in diffs]]
         return "| " + " | ".join(cells) + " |"
 
@@ -123,7 +132,7 @@ def table(rows, modes):
         lines.append(line(str(seed), r))
     if len(rows) > 1:
         lines.append(line(f"mean of {len(rows)}", {k: mean([r.get(k) for _, r in rows])
-                                                    for k in ("paddleclas", *modes)}))
+                                                    for k in ("paddleclas", *keys)}))
     return "\n".join(lines)
 
 
@@ -187,6 +196,9 @@ def main(argv=None):
     p.add_argument("--per_class", type=int, default=100)
     p.add_argument("--modes", nargs="+", choices=("train", "eval"), default=["train", "eval"],
                    help="Arch.frozen_mode of this package's student runs")
+    p.add_argument("--rerun_threads", type=int, default=0,
+                   help="also run PaddleClas's student again with this many threads (OMP_NUM_THREADS): how far "
+                        "PaddleClas lands from itself when only the float summation order changes")
     p.add_argument("--out", default="output/bench/ppcls_fidelity")
     p.add_argument("--reuse_teacher", action="store_true",
                    help="use the PaddleClas teacher a former run left in --out instead of training it again")
@@ -234,6 +246,13 @@ def main(argv=None):
                       *dash_o(base + student_opts(f"{run}/paddleclas_student", teacher, args.teacher_arch))],
                      log, show=SHOW)
         r["paddleclas"] = last_top1(log, PADDLECLAS_TOP1)
+        if args.rerun_threads:  # PaddleClas against itself: same config and seed, another float summation order
+            log = os.path.join(logs, f"seed{seed}_student_paddleclas_{args.rerun_threads}threads.log")
+            commands.run([PY, os.path.join(pc, "tools/train.py"), "-c", os.path.join(pc, STUDENT),
+                          *dash_o(base + student_opts(f"{run}/paddleclas_student_{args.rerun_threads}threads", teacher,
+                                                      args.teacher_arch))], log, show=SHOW,
+                         threads=args.rerun_threads)
+            r[f"again_{args.rerun_threads}"] = last_top1(log, PADDLECLAS_TOP1)
         for mode in args.modes:
             log = os.path.join(logs, f"seed{seed}_student_here_{mode}.log")
             commands.run([PY, "tools/train.py", "-c", os.path.join(pc, STUDENT),
@@ -241,7 +260,7 @@ def main(argv=None):
                                   + [f"Arch.frozen_mode={mode}"]), "--overwrite"], log, show=SHOW)
             r[mode] = last_top1(log, OWN_TOP1)
         rows.append((seed, r))
-        print("\n" + table(rows, args.modes) + "\n", flush=True)
+        print("\n" + table(rows, args.modes, args.rerun_threads) + "\n", flush=True)
     if args.teacher_here:
         log = os.path.join(logs, "teacher_here.log")
         commands.run([PY, "tools/train.py", "-c", os.path.join(pc, TEACHER),
@@ -253,7 +272,8 @@ def main(argv=None):
             f"seed {first}, "
             f"top-1 " + ", ".join(f"{k} {fmt(v)}" for k, v in teachers.items())
             + f". Students MobileNetV3_large_x1_0, {args.epochs} epochs, from PaddleClas's teacher; top-1 of the "
-            f"final weights:\n\n" + table(rows, args.modes) + f"\n\ntotal {time.time() - t0:.0f} s")
+            f"final weights ({os.environ.get('OMP_NUM_THREADS')} thread(s) unless said):\n\n"
+            + table(rows, args.modes, args.rerun_threads) + f"\n\ntotal {time.time() - t0:.0f} s")
     commands.save_results(out, text)
     return 0
 
