@@ -91,17 +91,23 @@ def _child(folder, precision, threads, shape, warmup, repeats):
     del pred
 
 
-def profile(folder, precision, threads, shape, warmup, repeats, log):
-    """{op: (calls, ms) per run} of one export, profiled in a child process (its output kept in `log`)."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+def _run_child(folder, precision, threads, shape, warmup, repeats, log, **env):
+    """The output (stdout + stderr, also kept in `log`) and exit code of `_child` in its own process."""
     cmd = [sys.executable, os.path.abspath(__file__), "--_child", folder, precision, str(threads),
            ",".join(map(str, shape)), str(warmup), str(repeats)]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
+                         env=dict(os.environ, OMP_NUM_THREADS=str(threads), **env))
     with open(log, "w") as f:
         f.write(out.stdout + out.stderr)
-    if out.returncode != 0 or "PROFILE-START" not in out.stdout:
-        raise RuntimeError(f"profiling {folder} ({precision}) failed, exit {out.returncode}: see {log}")
-    ops = parse_profile(out.stdout + out.stderr, repeats)
+    return out.stdout + out.stderr, out.returncode
+
+
+def profile(folder, precision, threads, shape, warmup, repeats, log):
+    """{op: (calls, ms) per run} of one export, profiled in a child process (its output kept in `log`)."""
+    text, code = _run_child(folder, precision, threads, shape, warmup, repeats, log)
+    if code != 0 or "PROFILE-START" not in text:
+        raise RuntimeError(f"profiling {folder} ({precision}) failed, exit {code}: see {log}")
+    ops = parse_profile(text, repeats)
     if not ops:
         raise RuntimeError(f"no op table in the profiler's output of {folder} ({precision}): see {log}")
     return ops
@@ -109,14 +115,9 @@ def profile(folder, precision, threads, shape, warmup, repeats, log):
 
 def onednn_kernels(folder, precision, threads, shape, log):
     """(oneDNN's ISA line, Counter of convolution kernel names per run) from ONEDNN_VERBOSE=1, 3 runs."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), ONEDNN_VERBOSE="1")
-    cmd = [sys.executable, os.path.abspath(__file__), "--_child", folder, precision, str(threads),
-           ",".join(map(str, shape)), "0", "3"]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-    with open(log, "w") as f:
-        f.write(out.stdout + out.stderr)
+    text, _ = _run_child(folder, precision, threads, shape, 0, 3, log, ONEDNN_VERBOSE="1")
     isa, kernels = "", Counter()
-    for line in (out.stdout + out.stderr).splitlines():
+    for line in text.splitlines():
         fields = line.split(",")
         if line.startswith("onednn_verbose") and ",info,cpu,isa:" in line:
             isa = line.split("isa:", 1)[1].strip()
@@ -168,7 +169,7 @@ def main(argv=None):
     models_dir = os.path.abspath(args.models) if args.models else os.path.join(out, "latency_models")
     results, lines, isa = {}, [], ""
     for name, config, cfg_dict, shape in quant_gain.LATENCY_MODELS:
-        slug = "".join(c if c.isalnum() else "_" for c in name.split(" (")[0]).lower()
+        slug = quant_gain.model_slug(name)
         folder = os.path.join(models_dir, slug)
         if not os.path.isdir(os.path.join(folder, "fp32")):
             quant_gain.export_random_model(name, config, cfg_dict, shape, models_dir)

@@ -241,18 +241,18 @@ def main(argv=None):
     for seed in args.seeds:
         base = common_opts(data, args.epochs, args.batch_size, seed)
         run, r = os.path.join(out, f"seed{seed}"), {}
-        log = os.path.join(logs, f"seed{seed}_student_paddleclas.log")
-        commands.run([PY, os.path.join(pc, "tools/train.py"), "-c", os.path.join(pc, STUDENT),
-                      *dash_o(base + student_opts(f"{run}/paddleclas_student", teacher, args.teacher_arch))],
-                     log, show=SHOW)
-        r["paddleclas"] = last_top1(log, PADDLECLAS_TOP1)
-        if args.rerun_threads:  # PaddleClas against itself: same config and seed, another float summation order
-            log = os.path.join(logs, f"seed{seed}_student_paddleclas_{args.rerun_threads}threads.log")
+
+        def paddleclas_student(suffix="", threads=None):
+            """PaddleClas's student of this seed (its top-1); `threads`: OMP_NUM_THREADS, default the caller's."""
+            log = os.path.join(logs, f"seed{seed}_student_paddleclas{suffix}.log")
             commands.run([PY, os.path.join(pc, "tools/train.py"), "-c", os.path.join(pc, STUDENT),
-                          *dash_o(base + student_opts(f"{run}/paddleclas_student_{args.rerun_threads}threads", teacher,
-                                                      args.teacher_arch))], log, show=SHOW,
-                         threads=args.rerun_threads)
-            r[f"again_{args.rerun_threads}"] = last_top1(log, PADDLECLAS_TOP1)
+                          *dash_o(base + student_opts(f"{run}/paddleclas_student{suffix}", teacher, args.teacher_arch))],
+                         log, show=SHOW, threads=threads)
+            return last_top1(log, PADDLECLAS_TOP1)
+
+        r["paddleclas"] = paddleclas_student()
+        if args.rerun_threads:  # PaddleClas against itself: same config and seed, another float summation order
+            r[f"again_{args.rerun_threads}"] = paddleclas_student(f"_{args.rerun_threads}threads", args.rerun_threads)
         for mode in args.modes:
             log = os.path.join(logs, f"seed{seed}_student_here_{mode}.log")
             commands.run([PY, "tools/train.py", "-c", os.path.join(pc, STUDENT),

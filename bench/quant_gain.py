@@ -290,6 +290,11 @@ def _calibrated_int8(task, cfg, shape, onnx_format):
     return layer
 
 
+def model_slug(name):
+    """The folder name of a latency model: "ResNet18 classifier" -> resnet18_classifier."""
+    return "".join(c if c.isalnum() else "_" for c in name.split(" (")[0]).lower()
+
+
 def export_random_model(name, config, cfg_dict, shape, out):
     """{label: (folder, precision)}: the fp32 export of a model at its random start and its int8 exports in both
     formats (fake-quant ops, onnx_format false; quantize_linear with int8 weights, onnx_format true)."""
@@ -298,7 +303,7 @@ def export_random_model(name, config, cfg_dict, shape, out):
     from slim.apps.export import save_program
     from slim.apps.launch import load_task_config
     from slim.tasks import get_task
-    folder = os.path.join(out, "".join(c if c.isalnum() else "_" for c in name.split(" (")[0]).lower())
+    folder = os.path.join(out, model_slug(name))
     if config:
         task, cfg = load_task_config(os.path.join(ROOT, config))
     else:

@@ -112,15 +112,14 @@ def main(argv=None):
         run_dir = os.path.join(out, "runs", name.split()[0].lower() + "_teacher")
         done = os.path.join(run_dir, f"iter_{iters}", "model.pdparams")
         if args.reuse_teachers and os.path.isfile(done):
-            weights, wall = done, float("nan")
+            weights, wall = done, None  # trained by a former run: no time of this one
         else:
             weights, wall = train(name, TEACHERS[name], run_dir, 0, iters, opts, logs)
         top1 = evaluate(TEACHERS[name], weights, opts, os.path.join(logs, f"eval_{name.split()[0]}_teacher.log"),
                         os.path.join(out, f"eval_{name.split()[0]}_teacher.json"))
         teachers[name] = weights
         results[name] = {"top1": [top1], "wall": [wall], "iters": iters}
-        print(f"{name}: top-1 {top1:.4f} ({wall:.0f} s)" if wall == wall else f"{name}: top-1 {top1:.4f} (reused)",
-              flush=True)
+        print(f"{name}: top-1 {top1:.4f} " + (f"({wall:.0f} s)" if wall is not None else "(reused)"), flush=True)
     for seed in range(args.seeds):
         for name, config, teacher, cache in RUNS:
             run_dir = os.path.join(out, "runs", f"seed{seed}", name.split(",")[0].replace(" ", "_").replace("+", "p")
@@ -143,7 +142,7 @@ def main(argv=None):
     for name in list(TEACHERS) + [run[0] for run in RUNS]:
         r = results[name]
         lines.append(f"| {name} | {r.get('teacher') or '-'} | {r['iters']} | {summary(r['top1'])} | "
-                     + ("- (a former run's)" if r["wall"][0] != r["wall"][0] else f"{statistics.mean(r['wall']):.0f}")
+                     + ("- (a former run's)" if None in r["wall"] else f"{statistics.mean(r['wall']):.0f}")
                      + " |")
     commands.save_results(out, "\n".join(lines), {"results": results, "args": vars(args)}, "bench/vit_cnn_gain.py",
                           argv, t_start)

@@ -124,9 +124,9 @@ def _resize_axis(x, axis, out_len, ratio, method, align_corners, align_mode):
     high = paddle.minimum(low + 1, last)
     if axis >= len(x.shape) - 2:
         # one of the two last axes (H, W of NCHW): a matmul with the (out, in) interpolation matrix, each row
-        # holding 1 - weight at `low` and weight at `high`. The same two products and sum per element as below,
-        # 10x faster under oneDNN than gathers and broadcast multiplies (a 256-channel 32->128 upsample: 28 ms
-        # against 307 ms, 1 thread), which made the resizes a third of an fp32 DeepLabV3P export's time. On 3-D
+        # holding 1 - weight at `low` and weight at `high`. The same two products and sum per element as below;
+        # oneDNN ran those gathers and broadcast multiplies slowly (bench/quant_gain.py, 1 thread: the fp32
+        # DeepLabV3P export 832 ms with them, 517 ms with the matmuls; the seg demo student 113 -> 28 ms). On 3-D
         # operands: oneDNN's matmul of a 4-D tensor produced by a convolution with a broadcast 2-D matrix returned
         # wrong values in DeepLabV3P (Paddle 3.3.1; right when the tensor is a model input)
         columns = paddle.arange(in_len, dtype="int64").reshape([1, -1])
